@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv when it is missing.
+# TORCH_SPEC is overridable: the local CPU wheel here, a CUDA build in the GPU image.
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+OUT        ?= out
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch first, alone: any other spec (or a package asking for a newer torch) pulls GBs of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/polyvivid sample-subjects --out $(OUT)/subjects
+	$(VENV)/bin/polyvivid generate --preset tiny \
+	  --prompt "A man plays the guitar in a park" \
+	  --subject man=$(OUT)/subjects/man.png --subject guitar=$(OUT)/subjects/guitar.png \
+	  --num-frames 9 --height 64 --width 64 --steps 4 --seed 0 \
+	  --output $(OUT)/demo.mp4
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,181 @@
+"""`polyvivid` command line.
+
+Bad input exits 2 with one line on stderr (no traceback). torch and the model load only inside
+the commands that need them, so `polyvivid --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def _subject(value: str) -> tuple[str, str]:
+    word, sep, image = value.partition("=")
+    if not sep or not word.strip() or not image:
+        raise argparse.ArgumentTypeError(f"expected WORD=IMAGE, got {value!r}")
+    return word.strip(), image
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="polyvivid",
+        description="PolyVivid: multi-subject video customization (generation, and later training, "
+                    "curation and serving).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    gen = sub.add_parser(
+        "generate", help="make a video from a prompt and subject images",
+        description="Generate a video in which every subject keeps the identity of its image and the "
+                    "subjects interact as the prompt says. Writes OUTPUT (mp4) and a PNG contact sheet "
+                    "of its frames beside it (OUTPUT with _frames.png). Same seed, same video.",
+        epilog="example: polyvivid generate --preset tiny --prompt 'A man plays the guitar' "
+               "--subject man=man.png --subject guitar=guitar.png --output out/video.mp4",
+    )
+    gen.add_argument("--prompt", required=True, help="what happens; every subject WORD must appear in it")
+    gen.add_argument("--subject", action="append", type=_subject, default=[], metavar="WORD=IMAGE",
+                     help="a subject: its word in the prompt and an image file (PNG/JPEG); repeat per subject")
+    source = gen.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="DIR_OR_URI",
+                        help="a checkpoint directory or s3:// URI (save_pretrained layout, or a training "
+                             "run's final/ with PolyVivid weights)")
+    source.add_argument("--preset", default=None, choices=["tiny", "hunyuan-13b"],
+                        help="random weights in a preset's shapes (default: tiny when --model is not given)")
+    gen.add_argument("--num-frames", type=int, default=9, help="frames, of the form 4k+1 (default 9)")
+    gen.add_argument("--height", type=int, default=64, help="pixels, a multiple of 16 (default 64)")
+    gen.add_argument("--width", type=int, default=64, help="pixels, a multiple of 16 (default 64)")
+    gen.add_argument("--steps", type=int, default=4, help="denoising steps (default 4; the paper's 50 for quality)")
+    gen.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale (default 6.0)")
+    gen.add_argument("--true-cfg", type=float, default=1.0,
+                     help="classifier-free guidance scale against --negative-prompt; >1 doubles the cost")
+    gen.add_argument("--negative-prompt", default="", help="used only with --true-cfg > 1")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--fps", type=int, default=24, help="frames per second of the mp4 (default 24)")
+    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                     help="model precision (default: bfloat16 on cuda, float32 on cpu)")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory at high resolution")
+    gen.add_argument("--output", required=True, help="the mp4 to write: a path or s3:// URI")
+    gen.set_defaults(run=cmd_generate)
+
+    samples = sub.add_parser("sample-subjects", help="write drawn sample subject images (for the demo)",
+                             description="Write PNG drawings of a man, a guitar, a tiger and a dog to DIR.")
+    samples.add_argument("--out", required=True, help="directory to write WORD.png files into")
+    samples.set_defaults(run=cmd_sample_subjects)
+    return parser
+
+
+def _load_subject_images(subjects: list[tuple[str, str]]):
+    from PIL import Image, UnidentifiedImageError
+
+    loaded = []
+    for word, path in subjects:
+        if not os.path.isfile(path):
+            raise UsageError(f"subject {word!r}: image not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                loaded.append((word, img.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as e:
+            raise UsageError(f"subject {word!r}: cannot read image {path}: {e.__class__.__name__}") from None
+    return loaded
+
+
+def cmd_generate(args) -> int:
+    from .model.presets import get_preset
+    from .model.pipeline import InvalidRequest, validate_request
+
+    words = [w for w, _ in args.subject]
+    if len(set(w.lower() for w in words)) != len(words):
+        raise UsageError("subject: each WORD may be given once")
+    preset = args.preset or (None if args.model else "tiny")
+    max_subjects = get_preset(preset).transformer["max_subjects"] if preset else 1_000
+    try:  # check what can be checked before loading a model
+        validate_request(args.prompt, words, args.num_frames, args.height, args.width, max_subjects)
+    except InvalidRequest as e:
+        raise UsageError(str(e)) from None
+    if args.steps < 1:
+        raise UsageError("steps: must be at least 1")
+    subjects = _load_subject_images(args.subject)
+
+    import torch
+
+    from .model.pipeline import PolyVividPipeline, load_pipeline
+    from .storage import StorageError, open_store, split_uri
+    from .video import contact_sheet, encode_mp4, png_bytes
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    try:
+        pipe = PolyVividPipeline.from_preset(preset) if preset else load_pipeline(args.model, torch_dtype=dtype)
+    except (FileNotFoundError, StorageError, ValueError) as e:
+        raise UsageError(f"model: {e}") from None
+    pipe.to(device=device)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    try:
+        frames = pipe(args.prompt, subjects, num_frames=args.num_frames, height=args.height, width=args.width,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.true_cfg,
+                      negative_prompt=args.negative_prompt,
+                      generator=torch.Generator().manual_seed(args.seed))
+    except InvalidRequest as e:
+        raise UsageError(str(e)) from None
+
+    directory, name = split_uri(args.output)
+    stem = name[:-4] if name.endswith(".mp4") else name
+    try:
+        store = open_store(directory)
+        store.write_bytes(name, encode_mp4(frames, fps=args.fps))
+        store.write_bytes(f"{stem}_frames.png", png_bytes(contact_sheet(frames)))
+    except StorageError as e:
+        raise UsageError(f"output: {e}") from None
+    print(f"video: {store.uri(name)} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
+    print(f"frames: {store.uri(stem + '_frames.png')}")
+    return 0
+
+
+def cmd_sample_subjects(args) -> int:
+    from .samples import SAMPLES, draw_subject
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for word in SAMPLES:
+        draw_subject(word).save(out / f"{word}.png")
+        print(out / f"{word}.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.run(args)
+    except UsageError as e:
+        print(f"polyvivid: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("polyvivid: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

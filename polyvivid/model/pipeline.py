@@ -1,0 +1,300 @@
+"""PolyVividPipeline: prompt + [(word, image), ...] -> video frames.
+
+Components (diffusers layout, one sub-folder each): transformer (PolyVividTransformer), vae
+(AutoencoderKLHunyuanVideo), scheduler (FlowMatchEulerDiscreteScheduler), text_encoder
+(LlavaForConditionalGeneration) + tokenizer + image_processor for the text-image fusion, and
+text_encoder_2 (CLIPTextModel) + tokenizer_2 for HunyuanVideo's pooled projection.
+
+Ways to get one:
+  PolyVividPipeline.from_preset("tiny")                 random weights, seeded (tests, demo)
+  PolyVividPipeline.from_pretrained(DIR)                 a whole checkpoint saved by save_pretrained
+  PolyVividPipeline.from_hunyuanvideo(HV_DIR, LLAVA_DIR) real HunyuanVideo + LLaVA weights
+  load_pipeline(REF)                                     any of the above from a path, s3:// URI or preset
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from diffusers import AutoencoderKLHunyuanVideo, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from transformers import (
+    CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from .fusion import TextImageFusion, encode_subject_images
+from .presets import get_preset
+from .transformer import POLYVIVID_WEIGHTS, PolyVividTransformer
+
+PIPELINE_CARD = "polyvivid_pipeline.json"  # marks a PolyVivid-weights-only directory (see load_pipeline)
+
+
+class InvalidRequest(ValueError):
+    """A generation request that cannot be run as given; the message names the argument."""
+
+
+def validate_request(prompt: str, words: list[str], num_frames: int, height: int, width: int,
+                     max_subjects: int, spatial_multiple: int = 16) -> None:
+    if not prompt.strip():
+        raise InvalidRequest("prompt: must not be empty")
+    if len(words) > max_subjects:
+        raise InvalidRequest(f"subjects: {len(words)} given, this model supports at most {max_subjects}")
+    lowered = prompt.lower()
+    for word in words:
+        if not word.strip():
+            raise InvalidRequest("subject: the word must not be empty")
+        if word.lower() not in lowered:
+            raise InvalidRequest(f"subject {word!r} does not appear in the prompt")
+    if num_frames < 1 or (num_frames - 1) % 4:
+        raise InvalidRequest(f"num_frames: must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}")
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % spatial_multiple:
+            raise InvalidRequest(f"{name}: must be a positive multiple of {spatial_multiple}, got {value}")
+
+
+def _image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """Centre-crop to square, resize, [3, size, size] in [-1, 1]."""
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+class PolyVividPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+
+    def __init__(self, transformer: PolyVividTransformer, vae: AutoencoderKLHunyuanVideo,
+                 scheduler: FlowMatchEulerDiscreteScheduler, text_encoder: LlavaForConditionalGeneration,
+                 tokenizer: PreTrainedTokenizerFast, image_processor: CLIPImageProcessorPil,
+                 text_encoder_2: CLIPTextModel, tokenizer_2: PreTrainedTokenizerFast):
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
+                              tokenizer=tokenizer, image_processor=image_processor,
+                              text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+        self.vae_scale_spatial = vae.spatial_compression_ratio
+        self.vae_scale_temporal = vae.temporal_compression_ratio
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str = "tiny", seed: int = 0, **transformer_overrides: Any) -> "PolyVividPipeline":
+        """Random weights in the preset's shapes, reproducible from `seed`."""
+        from .tokenizer import byte_tokenizer
+
+        preset = get_preset(name)
+        torch.manual_seed(seed)
+        transformer = PolyVividTransformer(**{**preset.transformer, **transformer_overrides})
+        vae = AutoencoderKLHunyuanVideo(**preset.vae)
+        llava = LlavaForConditionalGeneration(LlavaConfig(
+            vision_config=CLIPVisionConfig(**preset.llava_vision).to_dict(),
+            text_config=LlamaConfig(**preset.llava_text).to_dict(), **preset.llava))
+        clip = CLIPTextModel(CLIPTextConfig(**preset.clip_text))
+        size = preset.llava_vision["image_size"]
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        tokenizer = byte_tokenizer()
+        for module in (transformer, vae, llava, clip):
+            module.eval()
+        return cls(transformer, vae, FlowMatchEulerDiscreteScheduler(**preset.scheduler), llava, tokenizer,
+                   image_processor, clip, tokenizer)
+
+    @classmethod
+    def from_hunyuanvideo(cls, hunyuanvideo: str | Path, llava: str | Path, polyvivid_weights: str | Path | None = None,
+                          torch_dtype: torch.dtype = torch.float32, **transformer_options: Any) -> "PolyVividPipeline":
+        """Assemble PolyVivid from real weights in their published layouts (paths or s3:// URIs).
+
+        hunyuanvideo: a diffusers HunyuanVideo pipeline directory (transformer/, vae/, scheduler/,
+            text_encoder_2/, tokenizer_2/; its Llama text_encoder is not used).
+        llava: a transformers LLaVA directory (LlavaForConditionalGeneration + tokenizer + image
+            processor), e.g. LLaVA-Llama-3-8B or HunyuanVideo-I2V's text encoder.
+        polyvivid_weights: a directory with polyvivid_weights.safetensors (a training run's final/).
+        """
+        from transformers import AutoTokenizer
+
+        from ..storage import materialize_dir
+
+        hv, llava = materialize_dir(str(hunyuanvideo)), materialize_dir(str(llava))
+        transformer = PolyVividTransformer.from_hunyuanvideo(hv / "transformer", torch_dtype, **transformer_options)
+        if polyvivid_weights is not None:
+            transformer.load_polyvivid_weights(materialize_dir(str(polyvivid_weights)))
+        pipe = cls(
+            transformer=transformer.eval(),
+            vae=AutoencoderKLHunyuanVideo.from_pretrained(hv / "vae", torch_dtype=torch_dtype).eval(),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(hv / "scheduler"),
+            text_encoder=LlavaForConditionalGeneration.from_pretrained(llava, dtype=torch_dtype).eval(),
+            tokenizer=AutoTokenizer.from_pretrained(llava),
+            image_processor=CLIPImageProcessorPil.from_pretrained(llava),
+            text_encoder_2=CLIPTextModel.from_pretrained(hv / "text_encoder_2", dtype=torch_dtype).eval(),
+            tokenizer_2=AutoTokenizer.from_pretrained(hv / "tokenizer_2"),
+        )
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype = torch.float32) -> "PolyVividPipeline":
+        """A whole checkpoint written by `save_pretrained`, each component by its own class (no hub)."""
+        from transformers import AutoTokenizer
+
+        d = Path(directory)
+        if not (d / "model_index.json").exists():
+            raise FileNotFoundError(f"{d} is not a PolyVivid checkpoint: no model_index.json")
+        return cls(
+            transformer=PolyVividTransformer.from_pretrained(d / "transformer", torch_dtype=torch_dtype).eval(),
+            vae=AutoencoderKLHunyuanVideo.from_pretrained(d / "vae", torch_dtype=torch_dtype).eval(),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(d / "scheduler"),
+            text_encoder=LlavaForConditionalGeneration.from_pretrained(d / "text_encoder", dtype=torch_dtype).eval(),
+            tokenizer=AutoTokenizer.from_pretrained(d / "tokenizer"),
+            image_processor=CLIPImageProcessorPil.from_pretrained(d / "image_processor"),
+            text_encoder_2=CLIPTextModel.from_pretrained(d / "text_encoder_2", dtype=torch_dtype).eval(),
+            tokenizer_2=AutoTokenizer.from_pretrained(d / "tokenizer_2"),
+        )
+
+    def save_polyvivid(self, directory: str | Path, base: dict[str, Any]) -> Path:
+        """PolyVivid's own weights plus a card saying which base they go on: a small artifact.
+
+        base: {"preset": "tiny", "seed": 0} or {"hunyuanvideo": URI, "llava": URI}.
+        """
+        directory = Path(directory)
+        self.transformer.save_polyvivid_weights(directory)
+        card = {"format": "polyvivid-weights/v1", "base": base,
+                "transformer_options": _polyvivid_options(self.transformer)}
+        (directory / PIPELINE_CARD).write_text(json.dumps(card, indent=2))
+        return directory
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def subject_image_size(self) -> int:
+        """Pixels per side for the VAE so that its token grid equals LLaVA's <image> grid."""
+        grid = self.text_encoder.config.vision_config.image_size // self.text_encoder.config.vision_config.patch_size
+        return grid * self.vae_scale_spatial * self.transformer.config.patch_size
+
+    def encode_subjects(self, images: list[Image.Image], size: int | None = None) -> torch.Tensor:
+        """[1, n, C, h, w] clean latents of the subject images."""
+        size = size or self.subject_image_size
+        pixels = torch.stack([_image_to_tensor(img, size) for img in images])
+        return encode_subject_images(self.vae, pixels)[None]
+
+    @torch.no_grad()
+    def pooled_prompt(self, prompt: str) -> torch.Tensor:
+        ids = self.tokenizer_2(prompt, padding="max_length", truncation=True, return_tensors="pt",
+                               max_length=self.text_encoder_2.config.max_position_embeddings).input_ids
+        return self.text_encoder_2(ids.to(self.text_encoder_2.device)).pooler_output
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        subjects: list[tuple[str, Image.Image]] = (),
+        num_frames: int = 9,
+        height: int = 64,
+        width: int = 64,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 6.0,
+        true_cfg_scale: float = 1.0,
+        negative_prompt: str = "",
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        callback: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Returns frames [F, H, W, 3] uint8 (output_type "np") or the latents ("latent").
+
+        guidance_scale feeds HunyuanVideo's embedded (distilled) guidance; true_cfg_scale > 1 adds
+        classifier-free guidance against `negative_prompt` without subjects (two passes per step).
+        callback(step, total) runs after every denoising step (progress reporting).
+        """
+        cfg = self.transformer.config
+        subjects = list(subjects)
+        validate_request(prompt, [w for w, _ in subjects], num_frames, height, width, cfg.max_subjects,
+                         self.vae_scale_spatial * cfg.patch_size)
+        device, dtype = self.transformer.device, self.transformer.dtype
+
+        cond = self._condition(prompt, subjects)
+        uncond = self._condition(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
+
+        latent_frames = (num_frames - 1) // self.vae_scale_temporal + 1
+        shape = (1, cfg.in_channels, latent_frames, height // self.vae_scale_spatial, width // self.vae_scale_spatial)
+        latents = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(device)
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        guidance = torch.tensor([guidance_scale * 1000.0], device=device, dtype=dtype) if cfg.guidance_embeds else None
+
+        timesteps = self.scheduler.timesteps
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                timestep = t.expand(1).to(dtype)
+                noise_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, guidance=guidance,
+                                              **cond).sample
+                if uncond is not None:
+                    uncond_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep,
+                                                   guidance=guidance, **uncond).sample
+                    noise_pred = uncond_pred + true_cfg_scale * (noise_pred - uncond_pred)
+                latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+                progress.update()
+                if callback is not None:
+                    callback(i + 1, len(timesteps))
+
+        if output_type == "latent":
+            return latents
+        video = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3, F, H, W]
+        return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+    def _condition(self, prompt: str, subjects: list[tuple[str, Image.Image]]) -> dict[str, torch.Tensor]:
+        """The transformer's conditioning inputs for one prompt and its subjects."""
+        cfg = self.transformer.config
+        device, dtype = self.transformer.device, self.transformer.dtype
+        fusion = TextImageFusion(self.text_encoder, self.tokenizer, self.image_processor)
+        fused = fusion.encode(prompt, subjects, with_images=cfg.use_llava_fusion)
+        cond = dict(
+            encoder_hidden_states=fused.embeds.to(device, dtype),
+            encoder_attention_mask=fused.mask.to(device),
+            pooled_projections=self.pooled_prompt(prompt).to(device, dtype),
+        )
+        if subjects:
+            cond.update(
+                subject_latents=self.encode_subjects([img for _, img in subjects]).to(device, dtype),
+                text_positions=fused.text_positions[None].to(device),
+                subject_positions=fused.subject_positions[None].to(device),
+            )
+        return cond
+
+    def enable_vae_tiling(self) -> None:
+        self.vae.enable_tiling()
+
+
+def _polyvivid_options(transformer: PolyVividTransformer) -> dict[str, Any]:
+    keys = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion", "interaction_block",
+            "interaction_weights", "injection_ffn_mult", "lora_rank", "lora_alpha", "max_subjects")
+    return {k: transformer.config[k] for k in keys}
+
+
+def load_pipeline(ref: str, torch_dtype: torch.dtype = torch.float32) -> PolyVividPipeline:
+    """A pipeline from a preset name, or a directory / s3:// URI holding either a whole checkpoint
+    (model_index.json) or PolyVivid weights with their card (polyvivid_pipeline.json)."""
+    from ..storage import materialize_dir
+    from .presets import PRESETS
+
+    if ref in PRESETS:
+        return PolyVividPipeline.from_preset(ref)
+    local = materialize_dir(ref)
+    if (local / "model_index.json").exists():
+        return PolyVividPipeline.from_pretrained(local, torch_dtype=torch_dtype)
+    card_path = local / PIPELINE_CARD
+    if not card_path.exists():
+        raise FileNotFoundError(f"{ref} is neither a PolyVivid checkpoint (model_index.json) "
+                                f"nor PolyVivid weights ({PIPELINE_CARD})")
+    card = json.loads(card_path.read_text())
+    base, options = card["base"], card.get("transformer_options", {})
+    if "preset" in base:
+        pipe = PolyVividPipeline.from_preset(base["preset"], seed=base.get("seed", 0), **options)
+    else:
+        pipe = PolyVividPipeline.from_hunyuanvideo(base["hunyuanvideo"], base["llava"], torch_dtype=torch_dtype,
+                                                   **options)
+    if not (local / POLYVIVID_WEIGHTS).exists():
+        raise FileNotFoundError(f"{ref} has no {POLYVIVID_WEIGHTS}")
+    pipe.transformer.load_polyvivid_weights(local)
+    return pipe

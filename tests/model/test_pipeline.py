@@ -1,0 +1,167 @@
+"""PolyVividPipeline end to end on the tiny preset: sampling, determinism, every way to load it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from polyvivid.model.pipeline import InvalidRequest, PolyVividPipeline, load_pipeline
+from polyvivid.model.presets import get_preset
+from polyvivid.model.tokenizer import byte_tokenizer
+from polyvivid.samples import draw_subject
+from polyvivid.storage import open_store
+
+PROMPT = "A man plays the guitar"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return PolyVividPipeline.from_preset("tiny")
+
+
+def subjects():
+    return [("man", draw_subject("man")), ("guitar", draw_subject("guitar"))]
+
+
+def generate(pipe, seed=0, **kwargs):
+    args = dict(num_frames=9, height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(seed))
+    args.update(kwargs)
+    return pipe(PROMPT, subjects(), **args)
+
+
+def test_generates_frames_of_the_requested_shape(pipe):
+    steps = []
+    frames = generate(pipe, num_frames=5, height=48, width=80, callback=lambda i, n: steps.append((i, n)))
+    assert frames.shape == (5, 48, 80, 3) and frames.dtype == np.uint8
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_same_seed_same_video_other_seed_other_video(pipe):
+    a, b, c = generate(pipe, seed=1), generate(pipe, seed=1), generate(pipe, seed=2)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_subjects_condition_the_result(pipe):
+    base = pipe(PROMPT, [], num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0))
+    cond = pipe(PROMPT, subjects(), num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert base.shape == cond.shape and not torch.allclose(base, cond, atol=1e-5)
+
+
+def test_true_cfg_and_vae_tiling_run(pipe):
+    frames = generate(pipe, true_cfg_scale=4.0, negative_prompt="blurry", num_inference_steps=2)
+    assert frames.shape == (9, 64, 64, 3)
+    tiled = PolyVividPipeline.from_preset("tiny")
+    tiled.enable_vae_tiling()
+    assert tiled.vae.use_tiling
+    assert generate(tiled, num_inference_steps=1).shape == (9, 64, 64, 3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(num_frames=8), r"num_frames: must be of the form 4k\+1"),
+    (dict(height=60), "height: must be a positive multiple of 16"),
+    (dict(subjects=[("cat", None)]), "does not appear"),
+    (dict(subjects=[("man", None)] * 5), "at most 4"),
+])
+def test_bad_requests_are_refused_with_the_field_named(pipe, bad, message):
+    args = dict(prompt="a man", subjects=[], num_frames=9, height=64, width=64, num_inference_steps=1)
+    args.update(bad)
+    with pytest.raises(InvalidRequest, match=message):
+        pipe(**args)
+
+
+def latents_of(pipe):
+    return pipe(PROMPT, subjects(), num_inference_steps=2, output_type="latent",
+                generator=torch.Generator().manual_seed(0))
+
+
+def test_checkpoint_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "ckpt")
+    loaded = PolyVividPipeline.from_pretrained(tmp_path / "ckpt")
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert torch.allclose(latents_of(pipe), latents_of(loaded), atol=1e-4)
+    assert load_pipeline(str(tmp_path / "ckpt")).transformer.config.injection == "cross_attention"
+
+
+def trained_like(seed=0):
+    """A tiny pipeline whose PolyVivid weights are no longer at their init."""
+    pipe = PolyVividPipeline.from_preset("tiny")
+    g = torch.Generator().manual_seed(seed)
+    own = set(pipe.transformer.polyvivid_parameter_names())
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if name in own:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pipe
+
+
+def test_polyvivid_weights_alone_are_small_and_load_on_their_base(tmp_path, s3_bucket):
+    pipe = trained_like()
+    out = pipe.save_polyvivid(tmp_path / "final", base={"preset": "tiny", "seed": 0})
+    card = json.loads((out / "polyvivid_pipeline.json").read_text())
+    assert card["base"] == {"preset": "tiny", "seed": 0} and card["transformer_options"]["lora_rank"] == 4
+    weights = (out / "polyvivid_weights.safetensors").stat().st_size
+    total = sum(p.numel() for p in pipe.transformer.parameters()) * 4
+    assert weights < total / 4
+    local = load_pipeline(str(out))
+    assert torch.allclose(latents_of(local), latents_of(pipe), atol=1e-4)
+    assert not torch.allclose(latents_of(PolyVividPipeline.from_preset("tiny")), latents_of(pipe), atol=1e-4)
+    # The same directory from S3.
+    open_store(f"{s3_bucket}/runs/1/final").upload_dir(out, "")
+    remote = load_pipeline(f"{s3_bucket}/runs/1/final")
+    assert torch.allclose(latents_of(remote), latents_of(pipe), atol=1e-4)
+
+
+def test_load_pipeline_explains_what_it_expected(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_pipeline(str(tmp_path / "junk"))
+
+
+def save_tiny_hunyuanvideo_and_llava(root):
+    """Tiny copies of the published layouts: a diffusers HunyuanVideo directory and a LLaVA one."""
+    preset = get_preset("tiny")
+    keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
+    torch.manual_seed(7)
+    hv = root / "HunyuanVideo"
+    transformer = HunyuanVideoTransformer3DModel(**{k: v for k, v in preset.transformer.items() if k in keys})
+    transformer.save_pretrained(hv / "transformer")
+    AutoencoderKLHunyuanVideo(**preset.vae).save_pretrained(hv / "vae")
+    FlowMatchEulerDiscreteScheduler(shift=7.0).save_pretrained(hv / "scheduler")
+    CLIPTextModel(CLIPTextConfig(**preset.clip_text)).save_pretrained(hv / "text_encoder_2")
+    byte_tokenizer().save_pretrained(hv / "tokenizer_2")
+    llava_dir = root / "llava"
+    LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=CLIPVisionConfig(**preset.llava_vision).to_dict(),
+        text_config=LlamaConfig(**preset.llava_text).to_dict(), **preset.llava)).save_pretrained(llava_dir)
+    byte_tokenizer().save_pretrained(llava_dir)
+    size = preset.llava_vision["image_size"]
+    CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(llava_dir)
+    return hv, llava_dir, transformer
+
+
+def test_from_hunyuanvideo_assembles_a_working_pipeline(tmp_path):
+    hv, llava, base = save_tiny_hunyuanvideo_and_llava(tmp_path)
+    pipe = PolyVividPipeline.from_hunyuanvideo(hv, llava, lora_rank=4)
+    for name, tensor in base.state_dict().items():
+        ours = pipe.transformer.state_dict()
+        wrapped = name.rsplit(".", 1)[0] + ".base_layer." + name.rsplit(".", 1)[1]
+        assert torch.equal(ours.get(name, ours.get(wrapped)), tensor), name
+    assert generate(pipe, num_inference_steps=2).shape == (9, 64, 64, 3)
+    # A trained run's weights on top of the real base, then loaded through the card.
+    trained = trained_like(seed=3)
+    trained.transformer.save_polyvivid_weights(tmp_path / "final")
+    with_weights = PolyVividPipeline.from_hunyuanvideo(hv, llava, polyvivid_weights=tmp_path / "final", lora_rank=4)
+    pipe.save_polyvivid(tmp_path / "final2", base={"hunyuanvideo": str(hv), "llava": str(llava)})
+    assert torch.equal(with_weights.transformer.polyvivid_state_dict()["identity_injection.0.proj_out.weight"],
+                       trained.transformer.polyvivid_state_dict()["identity_injection.0.proj_out.weight"])
+    via_card = load_pipeline(str(tmp_path / "final2"))
+    assert torch.allclose(latents_of(via_card), latents_of(pipe), atol=1e-4)
