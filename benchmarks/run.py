@@ -1,0 +1,168 @@
+"""`make bench`: JSON lines, one per benchmark, each with its figures and ratios against a baseline
+measured in the same process.
+
+model_step: seconds per denoising step (one transformer forward) of
+  base                     plain diffusers HunyuanVideoTransformer3DModel
+  polyvivid                PolyVividTransformer, cross_attention injection, 2 subjects
+  token_concat_video_res   token concatenation, subject images at the video's resolution (HunyuanCustom)
+  token_concat_llava_grid  token concatenation, subject images at the LLaVA grid (the paper's ablation)
+all with the same shapes, plus the process's peak RSS (and peak GPU memory on CUDA).
+
+CPU default: hidden 256, 2 double + 4 single blocks (HunyuanVideo's 1:2), 2304 video tokens.
+GPU: python -m benchmarks.run --preset hunyuan-13b --device cuda --dtype bfloat16 --height 544 --width 960 --frames 129
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+CPU_SHAPE = dict(
+    in_channels=16, out_channels=16, num_attention_heads=4, attention_head_dim=64, num_layers=2,
+    num_single_layers=4, num_refiner_layers=1, mlp_ratio=4.0, text_embed_dim=256, pooled_projection_dim=64,
+    rope_axes_dim=(16, 24, 24), guidance_embeds=True,
+)
+
+
+def time_forward(model, inputs: dict, device: str, repeats: int) -> float:
+    """Median seconds of one forward on a GPU (after one warm-up)."""
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(**inputs)
+            torch.cuda.synchronize()
+            if i:  # the first call warms up kernels and allocators
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_step(args) -> dict:
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from polyvivid.model.presets import get_preset
+    from polyvivid.model.rope import interaction_positions
+    from polyvivid.model.transformer import PolyVividTransformer
+
+    device, dtype = args.device, getattr(torch, args.dtype)
+    shape = dict(get_preset(args.preset).transformer) if args.preset else dict(CPU_SHAPE, lora_rank=16, lora_alpha=16.0)
+    base_keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
+    dim = shape["num_attention_heads"] * shape["attention_head_dim"]
+
+    # Inputs: video latents, z_T = text + each subject's LLaVA grid, subject VAE latents.
+    latent_f, latent_h, latent_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    grid, n = args.grid, args.subjects
+    text_lengths = [args.text_tokens // (n + 1)] * n + [args.text_tokens - n * (args.text_tokens // (n + 1))]
+    text_pos, subject_pos = interaction_positions(text_lengths, [(grid, grid)] * n)
+    g = torch.Generator().manual_seed(0)
+    common = dict(
+        hidden_states=torch.randn(1, 16, latent_f, latent_h, latent_w, generator=g),
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=torch.randn(1, text_pos.shape[0], shape["text_embed_dim"], generator=g),
+        encoder_attention_mask=torch.ones(1, text_pos.shape[0], dtype=torch.long),
+        pooled_projections=torch.randn(1, shape["pooled_projection_dim"], generator=g),
+        guidance=torch.tensor([6000.0]),
+    )
+    on_device = lambda d: {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in d.items()}
+
+    def subjects(h: int, w: int) -> dict:
+        """n subjects whose VAE tokens form an h x w grid (z_T keeps LLaVA's grid x grid runs)."""
+        return dict(subject_latents=torch.randn(1, n, 16, 2 * h, 2 * w, generator=g), text_positions=text_pos[None],
+                    subject_positions=interaction_positions(text_lengths, [(h, w)] * n)[1][None])
+
+    def build(cls, **kwargs):
+        torch.manual_seed(0)
+        with torch.device(device):
+            # nn.Module.to: diffusers' own `to` warns about casts that are intended here.
+            return torch.nn.Module.to(cls(**kwargs), dtype=dtype).eval()
+
+    video_grid = (latent_h // 2, latent_w // 2)
+    variants = [
+        ("base", lambda: build(HunyuanVideoTransformer3DModel, **{k: v for k, v in shape.items() if k in base_keys}),
+         common),
+        ("polyvivid", lambda: build(PolyVividTransformer, **shape), {**common, **subjects(grid, grid)}),
+        ("token_concat_video_res", lambda: build(PolyVividTransformer, **shape, injection="token_concat"),
+         {**common, **subjects(*video_grid)}),
+        ("token_concat_llava_grid", lambda: build(PolyVividTransformer, **shape, injection="token_concat"),
+         {**common, **subjects(grid, grid)}),
+    ]
+    results, peak_gpu = {}, {}
+    if device == "cpu":
+        # CPU timings drift (allocator, caches, other load): build every model, then time them
+        # round-robin so that drift hits all variants alike.
+        models = {name: (make(), on_device(inputs)) for name, make, inputs in variants}
+        times = {name: [] for name in models}
+        with torch.no_grad():
+            for rep in range(args.repeats + 1):
+                for name, (model, inputs) in models.items():
+                    start = time.perf_counter()
+                    model(**inputs)
+                    if rep:  # the first round warms up
+                        times[name].append(time.perf_counter() - start)
+        results = {name: statistics.median(t) for name, t in times.items()}
+    else:
+        # A 13B model at a time fits the GPU; GPU timings are steady enough to run them one by one.
+        for name, make, inputs in variants:
+            model = make()
+            torch.cuda.reset_peak_memory_stats()
+            results[name] = time_forward(model, on_device(inputs), device, args.repeats)
+            peak_gpu[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    base = results["base"]
+    line = {
+        "name": "model_step",
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu x{torch.get_num_threads()}",
+        "dtype": args.dtype,
+        "shape": args.preset or f"cpu hidden {dim}, {shape['num_layers']} double + {shape['num_single_layers']} single",
+        "video": f"{args.frames}x{args.height}x{args.width}",
+        "video_tokens": latent_f * (latent_h // 2) * (latent_w // 2),
+        "text_tokens": text_pos.shape[0],
+        "subjects": n,
+        "subject_tokens": {"llava_grid": n * grid * grid, "video_res": n * video_grid[0] * video_grid[1]},
+        "seconds_per_step": {k: round(v, 4) for k, v in results.items()},
+        "ratio": {f"{k}/base": round(v / base, 3) for k, v in results.items() if k != "base"},
+        "target": {"polyvivid/base": 1.30},
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    if peak_gpu:
+        line["peak_gpu_gib"] = peak_gpu
+    line["pass"] = line["ratio"]["polyvivid/base"] <= 1.30
+    return line
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step)")
+    parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=384)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--grid", type=int, default=8, help="LLaVA <image> grid side (24 at full size)")
+    parser.add_argument("--subjects", type=int, default=2)
+    parser.add_argument("--text-tokens", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    benchmarks = {"model_step": model_step}
+    for name, fn in benchmarks.items():
+        if args.only and name != args.only:
+            continue
+        print(json.dumps(fn(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""`make bench` emits well-formed JSON lines (the timings themselves are not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_model_step_line_has_every_figure():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "model_step", "--height", "64", "--width", "64",
+         "--frames", "5", "--grid", "2", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["name"] == "model_step" and line["subjects"] == 2 and line["video_tokens"] == 2 * 4 * 4
+    assert set(line["seconds_per_step"]) == {"base", "polyvivid", "token_concat_video_res", "token_concat_llava_grid"}
+    assert all(v > 0 for v in line["seconds_per_step"].values())
+    assert set(line["ratio"]) == {"polyvivid/base", "token_concat_video_res/base", "token_concat_llava_grid/base"}
+    assert line["peak_rss_mib"] > 100 and isinstance(line["pass"], bool)
