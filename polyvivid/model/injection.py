@@ -35,63 +35,64 @@ def subject_cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     return out.transpose(1, 2).flatten(2, 3)
 
 
-def zero_linear(dim: int) -> nn.Linear:
-    layer = nn.Linear(dim, dim)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
+class _SubjectInjection(nn.Module):
+    """What both strategies share: pre-norms, inherited (LoRA'd) video Q, the zero-initialised FC.
 
-
-class IdentityInjection(nn.Module):
-    """Cross-attention (inherited, LoRA'd video Q/K/V) -> FFN -> zero-initialised FC, added to video."""
-
-    def __init__(self, dim: int, ffn_mult: float = 1.0):
-        super().__init__()
-        self.norm_video = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.norm_subject = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.ff = FeedForward(dim, mult=ffn_mult, activation_fn="gelu-approximate")
-        self.proj_out = zero_linear(dim)
-
-    def reset_parameters(self) -> None:
-        for module in self.ff.modules():
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
-
-    def forward(self, video: torch.Tensor, subjects: torch.Tensor, subject_mask: torch.Tensor | None,
-                attn: nn.Module) -> torch.Tensor:
-        """`attn` is the block's own Attention: its to_q/to_k/to_v (with their LoRA) are the inherited weights."""
-        subjects = self.norm_subject(subjects)
-        out = subject_cross_attention(
-            attn.to_q(self.norm_video(video)), attn.to_k(subjects), attn.to_v(subjects),
-            attn.heads, attn.norm_q, attn.norm_k, subject_mask,
-        )
-        return video + self.proj_out(self.ff(out))
-
-
-class AdapterInjection(nn.Module):
-    """IP-Adapter style: inherited video Q, new K/V for the subject tokens, zero-initialised FC."""
+    Subclasses say where keys and values come from (`keys_values`) and what follows the attention
+    (`transform`).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.norm_video = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.norm_subject = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.proj_out = zero_linear(dim)
+        self.proj_out = nn.Linear(dim, dim)
 
     def reset_parameters(self) -> None:
-        self.to_k.reset_parameters()
-        self.to_v.reset_parameters()
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
+    def keys_values(self, subjects: torch.Tensor, attn: nn.Module):
+        raise NotImplementedError
+
+    def transform(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
     def forward(self, video: torch.Tensor, subjects: torch.Tensor, subject_mask: torch.Tensor | None,
                 attn: nn.Module) -> torch.Tensor:
-        subjects = self.norm_subject(subjects)
-        out = subject_cross_attention(
-            attn.to_q(self.norm_video(video)), self.to_k(subjects), self.to_v(subjects),
-            attn.heads, attn.norm_q, None, subject_mask,
-        )
-        return video + self.proj_out(out)
+        """`attn` is the block's own Attention: its to_q (with its LoRA) is the inherited query projection."""
+        key, value, norm_k = self.keys_values(self.norm_subject(subjects), attn)
+        out = subject_cross_attention(attn.to_q(self.norm_video(video)), key, value, attn.heads, attn.norm_q,
+                                      norm_k, subject_mask)
+        return video + self.proj_out(self.transform(out))
+
+
+class IdentityInjection(_SubjectInjection):
+    """Cross-attention (inherited, LoRA'd video Q/K/V) -> FFN -> zero-initialised FC, added to video."""
+
+    def __init__(self, dim: int, ffn_mult: float = 1.0):
+        super().__init__(dim)
+        self.ff = FeedForward(dim, mult=ffn_mult, activation_fn="gelu-approximate")
+        self.reset_parameters()
+
+    def keys_values(self, subjects, attn):
+        return attn.to_k(subjects), attn.to_v(subjects), attn.norm_k
+
+    def transform(self, out):
+        return self.ff(out)
+
+
+class AdapterInjection(_SubjectInjection):
+    """IP-Adapter style: inherited video Q, new K/V for the subject tokens, no FFN."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def keys_values(self, subjects, attn):
+        return self.to_k(subjects), self.to_v(subjects), None

@@ -15,6 +15,7 @@ Ways to get one:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,11 +46,11 @@ def validate_request(prompt: str, words: list[str], num_frames: int, height: int
         raise InvalidRequest("prompt: must not be empty")
     if len(words) > max_subjects:
         raise InvalidRequest(f"subjects: {len(words)} given, this model supports at most {max_subjects}")
-    lowered = prompt.lower()
     for word in words:
         if not word.strip():
             raise InvalidRequest("subject: the word must not be empty")
-        if word.lower() not in lowered:
+        # A whole word (or phrase) of the prompt: "man" is not in "woman".
+        if not re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", prompt, flags=re.IGNORECASE):
             raise InvalidRequest(f"subject {word!r} does not appear in the prompt")
     if num_frames < 1 or (num_frames - 1) % 4:
         raise InvalidRequest(f"num_frames: must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}")

@@ -165,3 +165,21 @@ def test_from_hunyuanvideo_assembles_a_working_pipeline(tmp_path):
                        trained.transformer.polyvivid_state_dict()["identity_injection.0.proj_out.weight"])
     via_card = load_pipeline(str(tmp_path / "final2"))
     assert torch.allclose(latents_of(via_card), latents_of(pipe), atol=1e-4)
+
+
+def test_subject_words_must_be_whole_words_of_the_prompt():
+    from polyvivid.model.pipeline import validate_request
+
+    validate_request("A Man plays the red guitar.", ["man", "red guitar"], 9, 64, 64, 4)
+    with pytest.raises(InvalidRequest, match="'man' does not appear"):
+        validate_request("A woman plays", ["man"], 9, 64, 64, 4)
+
+
+@pytest.mark.parametrize("options", [
+    dict(use_llava_fusion=False), dict(injection="adapter"), dict(injection="token_concat"),
+    dict(injection="none", use_interaction=False), dict(use_interaction_rope=False),
+])
+def test_every_ablation_generates_through_the_pipeline(options):
+    pipe = PolyVividPipeline.from_preset("tiny", **options)
+    assert all(pipe.transformer.config[k] == v for k, v in options.items())
+    assert generate(pipe, num_inference_steps=2).shape == (9, 64, 64, 3)
