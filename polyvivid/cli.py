@@ -72,6 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", required=True, help="the mp4 to write: a path or s3:// URI")
     gen.set_defaults(run=cmd_generate)
 
+    train = sub.add_parser(
+        "train", help="train PolyVivid from a PolyVividTraining manifest",
+        description="Run the PolyVividTraining in SPEC (the manifest you would `kubectl apply`). Inside "
+                    "torchrun (a PyTorchJob pod) it reads torchrun's environment; with --local it starts "
+                    "torchrun itself on this machine. A run resumes from OUTPUT/checkpoints/latest.",
+        epilog="example: polyvivid train training.yaml --local --nproc 2 --output file:///tmp/run1",
+    )
+    train.add_argument("spec", help="PolyVividTraining YAML")
+    train.add_argument("--local", action="store_true", help="launch torchrun here with --nproc processes")
+    train.add_argument("--nproc", type=int, default=1, help="processes for --local (default 1)")
+    train.add_argument("--output", help="where artifacts go (file:// path or s3://), overriding spec.output")
+    train.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    train.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
+    train.add_argument("--metrics-addr", default="0.0.0.0", help="address of rank 0's Prometheus endpoint")
+    train.add_argument("--metrics-port", type=int, help="port of rank 0's Prometheus endpoint (0: off)")
+    train.set_defaults(run=cmd_train)
+
+    synth = sub.add_parser(
+        "synth-data", help="write a synthetic multi-subject dataset",
+        description="Write N clips of textured shapes moving and interacting, with captions naming them "
+                    "and a reference image per subject, in the training dataset format (manifest.jsonl).",
+    )
+    synth.add_argument("--out", required=True, help="dataset URI: a path, file:// or s3://")
+    synth.add_argument("--videos", type=int, default=32, help="number of clips (default 32)")
+    synth.add_argument("--size", type=int, default=96, help="clip side in pixels (default 96)")
+    synth.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=cmd_synth_data)
+
     samples = sub.add_parser("sample-subjects", help="write drawn sample subject images (for the demo)",
                              description="Write PNG drawings of a man, a guitar, a tiger and a dog to DIR.")
     samples.add_argument("--out", required=True, help="directory to write WORD.png files into")
@@ -147,6 +176,76 @@ def cmd_generate(args) -> int:
         raise UsageError(f"output: {e}") from None
     print(f"video: {store.uri(name)} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
     print(f"frames: {store.uri(stem + '_frames.png')}")
+    return 0
+
+
+def _load_training(args):
+    from .api import PolyVividTraining, SpecError, load_resource
+
+    try:
+        resource = load_resource(args.spec, PolyVividTraining)
+    except SpecError as e:
+        raise UsageError(f"{args.spec}: {e}") from None
+    spec = resource.spec
+    updates = {}
+    if args.store:
+        updates["storage"] = spec.storage.model_copy(update={"endpoint": args.store})
+    if args.metrics_port is not None:
+        updates["metrics_port"] = args.metrics_port
+    if args.dataset:
+        updates["dataset"] = spec.dataset.model_copy(update={"uri": args.dataset, "curation_job": None})
+    spec = spec.model_copy(update=updates)
+    if spec.dataset.uri is None:
+        raise UsageError(f"{args.spec}: spec.dataset names CurationJob {spec.dataset.curation_job!r}; outside the "
+                         "cluster give its output with --dataset URI")
+    return spec
+
+
+def cmd_train(args) -> int:
+    spec = _load_training(args)
+    os.environ.update(spec.storage.environment())
+    if args.local and args.nproc > 1:
+        import subprocess
+
+        from .train.trainer import default_env_for_workers, torchrun_command
+
+        return subprocess.call(torchrun_command(args.spec, args.nproc, _forwarded(args)), env=default_env_for_workers())
+    from .storage import StorageError
+    from .train.trainer import TrainingError, train
+    from .data.loader import SampleError
+
+    try:
+        return train(spec, args.output, args.metrics_addr)
+    except (TrainingError, SampleError, StorageError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _forwarded(args) -> list[str]:
+    """The options a --local launch passes on to each torchrun worker."""
+    extra = []
+    for flag, value in (("--output", args.output), ("--store", args.store), ("--dataset", args.dataset),
+                        ("--metrics-addr", args.metrics_addr), ("--metrics-port", args.metrics_port)):
+        if value is not None:
+            extra += [flag, str(value)]
+    return extra
+
+
+def cmd_synth_data(args) -> int:
+    from .data.synthetic import write_synthetic_dataset
+    from .storage import StorageError, open_store
+
+    if args.videos < 1 or args.size < 16 or args.frames < 1:
+        raise UsageError("--videos and --frames must be >= 1, --size >= 16")
+    from tqdm import tqdm
+
+    try:
+        store = open_store(args.out)
+        with tqdm(total=args.videos, desc="clips", unit="clip") as bar:
+            write_synthetic_dataset(store, args.videos, seed=args.seed, size=args.size, frames=args.frames,
+                                    progress=bar)
+    except StorageError as e:
+        raise UsageError(f"out: {e}") from None
+    print(f"dataset: {store.uri('manifest.jsonl')} ({args.videos} clips)")
     return 0
 
 

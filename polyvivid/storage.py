@@ -25,6 +25,7 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 MULTIPART_PART_SIZE = 16 * 1024 * 1024
+PARTIAL = ".partial"  # suffix of a local write in progress; never listed
 
 
 class StorageError(RuntimeError):
@@ -168,7 +169,7 @@ class LocalStore(ArtifactStore):
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are ordinary files
@@ -185,7 +186,7 @@ class LocalStore(ArtifactStore):
         if not self.root.is_dir():
             return []
         keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix) and "/." not in f"/{k}")
+        return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(PARTIAL))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -287,6 +288,27 @@ class S3Store(ArtifactStore):
 
         return self._call("presign", key, self.client.presigned_get_object, self.bucket,
                           self._key(key), expires=timedelta(seconds=expires_s))
+
+
+def with_retries(fn, *args, attempts: int = 5, base_delay_s: float = 0.5, what: str = "storage call", **kwargs):
+    """Run a store call, retrying transient failures with exponential backoff.
+
+    Missing objects and refused credentials are not transient: they raise at once.
+    """
+    import logging
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except (ObjectNotFound, StorageAuthError):
+            raise
+        except StorageError as e:
+            if attempt == attempts:
+                raise StorageError(f"{what} failed after {attempts} attempts: {e}") from None
+            delay = base_delay_s * 2 ** (attempt - 1)
+            logging.getLogger(__name__).warning("%s failed (%s); retrying in %.1f s", what, e, delay)
+            time.sleep(delay)
 
 
 def open_store(uri: str, settings: S3Settings | None = None, create_bucket: bool = False) -> ArtifactStore:

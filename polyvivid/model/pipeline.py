@@ -159,12 +159,9 @@ class PolyVividPipeline(DiffusionPipeline):
 
         base: {"preset": "tiny", "seed": 0} or {"hunyuanvideo": URI, "llava": URI}.
         """
-        directory = Path(directory)
         self.transformer.save_polyvivid_weights(directory)
-        card = {"format": "polyvivid-weights/v1", "base": base,
-                "transformer_options": _polyvivid_options(self.transformer)}
-        (directory / PIPELINE_CARD).write_text(json.dumps(card, indent=2))
-        return directory
+        write_polyvivid_card(directory, base, dict(self.transformer.config))
+        return Path(directory)
 
     # ------------------------------------------------------------------ generation
     @property
@@ -213,8 +210,8 @@ class PolyVividPipeline(DiffusionPipeline):
                          self.vae_scale_spatial * cfg.patch_size)
         device, dtype = self.transformer.device, self.transformer.dtype
 
-        cond = self._condition(prompt, subjects)
-        uncond = self._condition(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
+        cond = self.encode_conditions(prompt, subjects)
+        uncond = self.encode_conditions(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
 
         latent_frames = (num_frames - 1) // self.vae_scale_temporal + 1
         shape = (1, cfg.in_channels, latent_frames, height // self.vae_scale_spatial, width // self.vae_scale_spatial)
@@ -244,7 +241,7 @@ class PolyVividPipeline(DiffusionPipeline):
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3, F, H, W]
         return frames.permute(1, 2, 3, 0).cpu().numpy()
 
-    def _condition(self, prompt: str, subjects: list[tuple[str, Image.Image]]) -> dict[str, torch.Tensor]:
+    def encode_conditions(self, prompt: str, subjects: list[tuple[str, Image.Image]]) -> dict[str, torch.Tensor]:
         """The transformer's conditioning inputs for one prompt and its subjects."""
         cfg = self.transformer.config
         device, dtype = self.transformer.device, self.transformer.dtype
@@ -267,10 +264,17 @@ class PolyVividPipeline(DiffusionPipeline):
         self.vae.enable_tiling()
 
 
-def _polyvivid_options(transformer: PolyVividTransformer) -> dict[str, Any]:
-    keys = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion", "interaction_block",
-            "interaction_weights", "injection_ffn_mult", "lora_rank", "lora_alpha", "max_subjects")
-    return {k: transformer.config[k] for k in keys}
+POLYVIVID_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion", "interaction_block",
+                     "interaction_weights", "injection_ffn_mult", "lora_rank", "lora_alpha", "max_subjects")
+
+
+def write_polyvivid_card(directory: str | Path, base: dict[str, Any], transformer_config: dict[str, Any]) -> Path:
+    """The card beside PolyVivid weights: which base model they go on, with which PolyVivid options."""
+    card = {"format": "polyvivid-weights/v1", "base": base,
+            "transformer_options": {k: transformer_config[k] for k in POLYVIVID_OPTIONS}}
+    path = Path(directory) / PIPELINE_CARD
+    path.write_text(json.dumps(card, indent=2))
+    return path
 
 
 def load_pipeline(ref: str, torch_dtype: torch.dtype = torch.float32) -> PolyVividPipeline:

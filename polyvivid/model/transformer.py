@@ -155,13 +155,16 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             for name, tensor in state_dict.items():
                 params[name].copy_(tensor.to(params[name].dtype))
 
-    def save_polyvivid_weights(self, directory: str | Path) -> Path:
-        """PolyVivid's own weights (safetensors) + the transformer config: small, beside any base model."""
+    def save_polyvivid_weights(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """PolyVivid's own weights (safetensors) + the transformer config: small, beside any base model.
+
+        state_dict: the weights to write when they were gathered elsewhere (sharded training).
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.polyvivid_state_dict(), directory / POLYVIVID_WEIGHTS)
+        save_file(state_dict if state_dict is not None else self.polyvivid_state_dict(), directory / POLYVIVID_WEIGHTS)
         (directory / "transformer_config.json").write_text(json.dumps(dict(self.config), indent=2, default=list))
         return directory / POLYVIVID_WEIGHTS
 

@@ -1,0 +1,155 @@
+"""PolyVividTraining: progressive two-stage training of PolyVivid (paper appendix A.2).
+
+Defaults are the paper's: stage `identity` (at most one subject per sample) then stage
+`interaction` (several subjects), 5,000 steps each, the first 1,000 of each at reduced resolution,
+global batch 256. The resolutions are ours (the paper does not give them): 544x960 with 129 frames,
+and 272x480 with 33 frames for the reduced part.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import API_VERSION, ApiModel, ObjectMeta, StorageSpec
+
+
+class Resolution(ApiModel):
+    height: int = Field(gt=0, multiple_of=16)
+    width: int = Field(gt=0, multiple_of=16)
+    frames: int = Field(gt=0, description="4k+1 frames")
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, v: int) -> int:
+        if (v - 1) % 4:
+            raise ValueError(f"must be of the form 4k+1, got {v}")
+        return v
+
+
+class Stage(ApiModel):
+    name: Literal["identity", "interaction"]
+    steps: int = Field(5000, gt=0)
+    low_res_steps: int = Field(1000, ge=0, description="the first steps of the stage run at lowResolution")
+    max_subjects: int = Field(1, ge=1, le=8, description="subjects kept per sample in this stage")
+    resolution: Resolution = Field(default_factory=lambda: Resolution(height=544, width=960, frames=129))
+    low_resolution: Resolution = Field(default_factory=lambda: Resolution(height=272, width=480, frames=33))
+
+    @model_validator(mode="after")
+    def _low_res_within_stage(self):
+        if self.low_res_steps > self.steps:
+            raise ValueError(f"lowResSteps ({self.low_res_steps}) exceeds steps ({self.steps})")
+        return self
+
+
+def default_stages() -> list[Stage]:
+    return [Stage(name="identity", max_subjects=1), Stage(name="interaction", max_subjects=4)]
+
+
+class ModelSource(ApiModel):
+    """Where the base weights come from, and PolyVivid's switches (paper Table 2)."""
+
+    preset: Literal["tiny", "hunyuan-13b"] | None = Field(None, description="random weights in a preset's shapes")
+    seed: int = Field(0, description="seed of a preset's random weights")
+    hunyuanvideo: str | None = Field(None, description="URI of a diffusers HunyuanVideo directory")
+    llava: str | None = Field(None, description="URI of a transformers LLaVA directory")
+    injection: Literal["cross_attention", "adapter", "token_concat", "none"] = "cross_attention"
+    use_interaction: bool = True
+    use_interaction_rope: bool = True
+    use_llava_fusion: bool = True
+    interaction_block: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        real = self.hunyuanvideo is not None or self.llava is not None
+        if (self.preset is None) == (not real):
+            raise ValueError("give either preset, or hunyuanvideo and llava")
+        if real and (self.hunyuanvideo is None or self.llava is None):
+            raise ValueError("hunyuanvideo and llava go together")
+        return self
+
+    def base_card(self) -> dict:
+        """How a PolyVivid-weights card names this base (see PolyVividPipeline.save_polyvivid)."""
+        if self.preset:
+            return {"preset": self.preset, "seed": self.seed}
+        return {"hunyuanvideo": self.hunyuanvideo, "llava": self.llava}
+
+    def transformer_options(self) -> dict:
+        return {"injection": self.injection, "use_interaction": self.use_interaction,
+                "use_interaction_rope": self.use_interaction_rope, "use_llava_fusion": self.use_llava_fusion,
+                "interaction_block": self.interaction_block}
+
+
+class DatasetSource(ApiModel):
+    uri: str | None = Field(None, description="URI of a dataset (its manifest.jsonl)")
+    curation_job: str | None = Field(None, description="name of a CurationJob whose output to use")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.uri is None) == (self.curation_job is None):
+            raise ValueError("give exactly one of uri or curationJob")
+        return self
+
+
+class LoraSpec(ApiModel):
+    rank: int = Field(64, ge=1, le=1024)
+    alpha: float = Field(64.0, gt=0)
+
+
+class OptimizerSpec(ApiModel):
+    name: Literal["adamw"] = "adamw"
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    beta1: float = Field(0.9, gt=0, lt=1)
+    beta2: float = Field(0.999, gt=0, lt=1)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+
+
+class ResourcesSpec(ApiModel):
+    nodes: int = Field(1, ge=1, le=512)
+    gpus_per_node: int = Field(8, ge=0, le=16, description="0 trains on CPU (one process per node)")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+
+class TrainingSpec(ApiModel):
+    model: ModelSource
+    dataset: DatasetSource
+    output: str = Field(min_length=1, description="URI where checkpoints, progress.json and final/ go")
+    stages: list[Stage] = Field(default_factory=default_stages, min_length=1)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    global_batch_size: int = Field(256, ge=1)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    parallelism: Literal["fsdp", "ddp"] = "fsdp"
+    activation_checkpointing: bool = True
+    checkpoint_interval: int = Field(500, ge=1, description="steps between checkpoints")
+    progress_interval: int = Field(10, ge=1, description="steps between progress.json updates")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on rank 0; 0 disables")
+    seed: int = 0
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _stage_names_unique(self):
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+class PolyVividTraining(ApiModel):
+    api_version: Literal["polyvivid.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["PolyVividTraining"] = "PolyVividTraining"
+    metadata: ObjectMeta
+    spec: TrainingSpec
+    status: dict | None = None

@@ -1,0 +1,1 @@
+"""Datasets: the format curation writes and training reads, synthetic data, and the loader."""

@@ -1,0 +1,70 @@
+"""The multi-subject dataset format (what curation writes and training reads).
+
+A dataset is a directory or S3 prefix with `manifest.jsonl`, one sample per line, every path
+relative to the dataset root:
+
+    {"id": "000001", "video": "clips/000001.mp4", "caption": "A striped red circle chases ...",
+     "subjects": [{"word": "circle", "image": "subjects/000001_0.png", "mask": "masks/000001_0.png"}],
+     "fps": 8, "num_frames": 17, "width": 96, "height": 96}
+
+`word` appears in the caption; `image` is the subject cut out on a clean background; `mask` is
+optional. fps/num_frames/width/height describe the clip and are informational.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..storage import ArtifactStore
+
+MANIFEST = "manifest.jsonl"
+
+
+class SubjectRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    word: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+    mask: str | None = None
+
+
+class SampleRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")  # curation may add scores and provenance
+    id: str = Field(min_length=1)
+    video: str = Field(min_length=1)
+    caption: str = Field(min_length=1)
+    subjects: list[SubjectRecord] = Field(min_length=1)
+    fps: float | None = None
+    num_frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @model_validator(mode="after")
+    def _words_in_caption(self):
+        words = [s.word.lower() for s in self.subjects]
+        if len(set(words)) != len(words):
+            raise ValueError(f"subject words must be distinct, got {words}")
+        missing = [s.word for s in self.subjects if s.word.lower() not in self.caption.lower()]
+        if missing:
+            raise ValueError(f"subject words not in the caption: {missing}")
+        return self
+
+
+def write_manifest(store: ArtifactStore, samples: list[SampleRecord]) -> None:
+    store.write_text(MANIFEST, "".join(s.model_dump_json(exclude_none=True) + "\n" for s in samples))
+
+
+def read_manifest(store: ArtifactStore) -> tuple[list[SampleRecord], list[tuple[int, str]]]:
+    """Valid samples, and (line number, reason) for every line that is not one."""
+    samples, rejected = [], []
+    for number, line in enumerate(store.read_text(MANIFEST).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(SampleRecord.model_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValidationError) as e:
+            reason = str(e).splitlines()[0] if isinstance(e, json.JSONDecodeError) else \
+                "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            rejected.append((number, reason))
+    return samples, rejected

@@ -1,0 +1,1 @@
+"""Progressive multi-node training of PolyVivid (what a PolyVividTraining runs)."""

@@ -1,0 +1,76 @@
+"""Training progress: OUTPUT/progress.json (read by the operator) and Prometheus metrics, rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from ..storage import ArtifactStore, StorageError, with_retries
+
+PROGRESS = "progress.json"
+HISTORY = 2000  # losses kept in progress.json
+
+
+class ProgressReporter:
+    def __init__(self, store: ArtifactStore, total_steps: int, metrics_port: int = 0, metrics_addr: str = "0.0.0.0",
+                 enabled: bool = True):
+        self.store, self.total_steps, self.enabled = store, total_steps, enabled
+        self.state: dict = {"status": "starting", "total_steps": total_steps, "history": []}
+        self.metrics = None
+        if enabled and metrics_port:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+            registry = CollectorRegistry()
+            self.metrics = {
+                "loss": Gauge("polyvivid_train_loss", "training loss of the last step", registry=registry),
+                "step": Gauge("polyvivid_train_step", "optimizer steps done", registry=registry),
+                "total": Gauge("polyvivid_train_total_steps", "optimizer steps planned", registry=registry),
+                "samples": Gauge("polyvivid_train_samples_per_second", "training throughput", registry=registry),
+                "seconds": Gauge("polyvivid_train_step_seconds", "seconds of the last step", registry=registry),
+                "skipped": Counter("polyvivid_train_samples_skipped", "unreadable samples skipped", registry=registry),
+            }
+            self.metrics["total"].set(total_steps)
+            self.server, _ = start_http_server(metrics_port, addr=metrics_addr, registry=registry)
+
+    def restore(self, previous: dict | None) -> None:
+        if previous:
+            self.state["history"] = previous.get("history", [])[-HISTORY:]
+
+    def step(self, step: int, loss: float, step_seconds: float, samples: int, **fields) -> None:
+        if not self.enabled:
+            return
+        self.state["history"].append([step, round(loss, 6)])
+        del self.state["history"][:-HISTORY]
+        self.state.update(step=step, loss=loss, step_seconds=round(step_seconds, 4),
+                          samples_per_s=round(samples / max(step_seconds, 1e-9), 3), **fields)
+        if self.metrics:
+            self.metrics["loss"].set(loss)
+            self.metrics["step"].set(step)
+            self.metrics["seconds"].set(step_seconds)
+            self.metrics["samples"].set(self.state["samples_per_s"])
+
+    def skipped(self, count: int) -> None:
+        if self.metrics and count:
+            self.metrics["skipped"].inc(count)
+
+    def write(self, **fields) -> None:
+        """Write progress.json; a storage failure here is logged and retried, never fatal."""
+        if not self.enabled:
+            return
+        self.state.update(fields, updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        try:
+            with_retries(self.store.write_text, PROGRESS, json.dumps(self.state, indent=1), attempts=3,
+                         what="write progress.json")
+        except StorageError as e:
+            import logging
+
+            logging.getLogger(__name__).warning("progress.json not written: %s", e)
+
+    def close(self) -> None:
+        if self.metrics:
+            self.server.shutdown()
+
+
+def now() -> float:
+    return time.perf_counter()
