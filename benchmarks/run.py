@@ -141,10 +141,101 @@ def model_step(args) -> dict:
     return line
 
 
+def train_step(args) -> dict:
+    """Samples/s of a training step (forward, backward, AdamW) on pre-encoded inputs:
+    PolyVivid (its own parameters trainable) vs a plain LoRA fine-tune of the base transformer (LoRA
+    on every attention projection, text conditioning only), same shape and LoRA rank; then whole
+    `polyvivid train` runs (data loading and frozen encoders included) with 1 and 2 processes."""
+    from diffusers import HunyuanVideoTransformer3DModel
+    from peft import LoraConfig
+
+    from polyvivid.model.rope import interaction_positions
+    from polyvivid.model.transformer import PolyVividTransformer
+
+    shape = dict(CPU_SHAPE, lora_rank=16, lora_alpha=16.0)
+    base_keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
+    g = torch.Generator().manual_seed(0)
+    n, grid, frames, side = 2, 8, 5, 256
+    text_lengths = [13, 13, 14]
+    text_pos, subject_pos = interaction_positions(text_lengths, [(grid, grid)] * n)
+    common = dict(hidden_states=torch.randn(1, 16, (frames - 1) // 4 + 1, side // 8, side // 8, generator=g),
+                  timestep=torch.tensor([500.0]), encoder_hidden_states=torch.randn(1, len(text_pos), 256, generator=g),
+                  encoder_attention_mask=torch.ones(1, len(text_pos), dtype=torch.long),
+                  pooled_projections=torch.randn(1, 64, generator=g), guidance=torch.tensor([1000.0]))
+    subjects = dict(subject_latents=torch.randn(1, n, 16, 2 * grid, 2 * grid, generator=g),
+                    text_positions=text_pos[None], subject_positions=subject_pos[None])
+    target = torch.randn_like(common["hidden_states"])
+
+    torch.manual_seed(0)
+    polyvivid = PolyVividTransformer(**shape).train()
+    polyvivid.freeze_base()
+    torch.manual_seed(0)
+    lora = HunyuanVideoTransformer3DModel(**{k: v for k, v in shape.items() if k in base_keys}).train()
+    lora.requires_grad_(False)
+    lora.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"))
+    runs = {"polyvivid": (polyvivid, {**common, **subjects}), "lora_finetune": (lora, common)}
+    optimizers = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, (m, _) in runs.items()}
+    times = {k: [] for k in runs}
+    for rep in range(args.repeats + 1):
+        for name, (model, inputs) in runs.items():
+            start = time.perf_counter()
+            loss = torch.nn.functional.mse_loss(model(**inputs).sample, target)
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+    samples_per_s = {k: 1.0 / statistics.median(v) for k, v in times.items()}
+
+    processes = {nproc: _train_run_samples_per_s(nproc) for nproc in (1, 2)}
+    return {
+        "name": "train_step",
+        "device": f"cpu x{torch.get_num_threads()}",
+        "shape": f"cpu hidden 256, 2 double + 4 single, {frames}x{side}x{side} ({len(text_pos)} text, {n} subjects)",
+        "trainable_params": {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, (m, _) in runs.items()},
+        "samples_per_s": {k: round(v, 3) for k, v in samples_per_s.items()},
+        "ratio": {"polyvivid/lora_finetune": round(samples_per_s["polyvivid"] / samples_per_s["lora_finetune"], 3)},
+        "train_run_samples_per_s": {f"{k}_process": v for k, v in processes.items()},
+        "scaling_2_vs_1": round(processes[2] / processes[1], 3) if processes[1] else None,
+    }
+
+
+def _train_run_samples_per_s(nproc: int) -> float:
+    """Median samples/s over the steps of a short tiny `polyvivid train` (first step excluded)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from polyvivid.data.synthetic import write_synthetic_dataset
+    from polyvivid.storage import open_store
+
+    work = Path(tempfile.mkdtemp(prefix="polyvivid-bench-"))
+    write_synthetic_dataset(open_store(str(work / "data")), 8, seed=0, size=64, frames=9)
+    res = {"height": 64, "width": 64, "frames": 9}
+    spec = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividTraining", "metadata": {"name": "bench"},
+            "spec": {"model": {"preset": "tiny"}, "dataset": {"uri": str(work / "data")}, "output": str(work / "out"),
+                     "stages": [{"name": "interaction", "steps": 6, "lowResSteps": 0, "maxSubjects": 3,
+                                 "resolution": res}],
+                     "globalBatchSize": 4, "precision": "fp32", "parallelism": "ddp", "activationCheckpointing": False,
+                     "checkpointInterval": 100, "progressInterval": 1, "metricsPort": 0,
+                     "lora": {"rank": 4, "alpha": 4}}}
+    (work / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "polyvivid.cli", "train", str(work / "spec.yaml"), "--local",
+                          "--nproc", str(nproc)], check=True, env=env, capture_output=True, text=True)
+    # rank 0 logs "step N/T stage ... loss L S.SSs" for every step
+    seconds = [float(m.group(1)) for m in re.finditer(r"step \d+/\d+ .* ([\d.]+)s$", run.stderr, re.MULTILINE)]
+    return round(spec["spec"]["globalBatchSize"] / statistics.median(seconds[1:]), 3)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -156,7 +247,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step}
+    benchmarks = {"model_step": model_step, "train_step": train_step}
     for name, fn in benchmarks.items():
         if args.only and name != args.only:
             continue

@@ -290,14 +290,18 @@ class S3Store(ArtifactStore):
                           self._key(key), expires=timedelta(seconds=expires_s))
 
 
-def with_retries(fn, *args, attempts: int = 5, base_delay_s: float = 0.5, what: str = "storage call", **kwargs):
+def with_retries(fn, *args, attempts: int | None = None, base_delay_s: float | None = None,
+                 what: str = "storage call", **kwargs):
     """Run a store call, retrying transient failures with exponential backoff.
 
-    Missing objects and refused credentials are not transient: they raise at once.
+    Missing objects and refused credentials are not transient: they raise at once. Defaults: 5
+    attempts from 0.5 s (POLYVIVID_RETRY_ATTEMPTS, POLYVIVID_RETRY_DELAY_S).
     """
     import logging
     import time
 
+    attempts = attempts or int(os.environ.get("POLYVIVID_RETRY_ATTEMPTS", "5"))
+    base_delay_s = base_delay_s if base_delay_s is not None else float(os.environ.get("POLYVIVID_RETRY_DELAY_S", "0.5"))
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)

@@ -37,12 +37,14 @@ class ProgressReporter:
         if previous:
             self.state["history"] = previous.get("history", [])[-HISTORY:]
 
-    def step(self, step: int, loss: float, step_seconds: float, samples: int, **fields) -> None:
+    def step(self, step: int, loss: float, step_seconds: float, samples: int, stage: str, resolution: str,
+             **fields) -> None:
+        """Record one optimizer step; history rows are [step, loss, stage, "low" | "full"]."""
         if not self.enabled:
             return
-        self.state["history"].append([step, round(loss, 6)])
+        self.state["history"].append([step, round(loss, 6), stage, resolution])
         del self.state["history"][:-HISTORY]
-        self.state.update(step=step, loss=loss, step_seconds=round(step_seconds, 4),
+        self.state.update(step=step, loss=loss, stage=stage, resolution=resolution, step_seconds=round(step_seconds, 4),
                           samples_per_s=round(samples / max(step_seconds, 1e-9), 3), **fields)
         if self.metrics:
             self.metrics["loss"].set(loss)

@@ -106,6 +106,20 @@ def flow_matching_loss(pipe, model, sample: TrainSample, generator: torch.Genera
     return F.mse_loss(pred.float(), (noise - x0).float())
 
 
+@torch.no_grad()
+def validation_loss(pipe, dataset: SubjectVideoDataset, positions: range, seed: int, frames: int, height: int,
+                    width: int, max_subjects: int, env: DistEnv | None = None) -> float:
+    """Mean flow-matching loss over fixed samples, noise and timesteps: comparable between models."""
+    env = env or DistEnv(0, 1, 0, pipe.transformer.device)
+    losses = []
+    for position in positions:
+        generator = sample_generator(seed + 7919, position)  # never the training draws
+        sample = dataset.get(position, seed, frames, height, width, max_subjects, generator)
+        losses.append(float(flow_matching_loss(pipe, pipe.transformer, sample, generator, env, None,
+                                               pipe.scheduler.config.shift)))
+    return sum(losses) / len(losses)
+
+
 def _own_state_for_export(transformer, names: list[str]) -> dict[str, torch.Tensor]:
     """PolyVivid's own weights, gathered to full tensors (a collective under FSDP2: every rank calls it)."""
     from torch.distributed.tensor import DTensor
@@ -218,6 +232,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
         done = step + 1
         reporter.step(done, step_loss, seconds, spec.global_batch_size, stage=plan.stage.name,
                       stage_index=plan.stage_index, stage_step=plan.stage_step + 1, stage_steps=plan.stage.steps,
+                      world_size=env.world_size,
                       resolution="low" if plan.low_res else "full",
                       size=f"{res.frames}x{res.height}x{res.width}", lr=learning_rate(spec, step),
                       samples_skipped=sum(dataset.skipped.values()))

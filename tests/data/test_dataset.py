@@ -1,0 +1,89 @@
+"""Synthetic data, the manifest format and the training loader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from polyvivid.data.dataset import MANIFEST, read_manifest
+from polyvivid.data.loader import SampleError, SubjectVideoDataset, pick_frames
+from polyvivid.data.synthetic import write_synthetic_dataset
+from polyvivid.storage import open_store
+from polyvivid.video import decode_mp4
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(open_store(str(root)), videos=6, seed=0, size=64, frames=9)
+    return root
+
+
+def test_synthetic_dataset_is_in_the_training_format(dataset_dir):
+    store = open_store(str(dataset_dir))
+    samples, rejected = read_manifest(store)
+    assert len(samples) == 6 and rejected == []
+    for s in samples:
+        assert 1 <= len(s.subjects) <= 3
+        for subject in s.subjects:
+            assert subject.word in s.caption and store.exists(subject.image) and store.exists(subject.mask)
+        assert decode_mp4(store.read_bytes(s.video)).shape == (9, 64, 64, 3)
+    assert any(len(s.subjects) > 1 for s in samples)
+
+
+def test_synthetic_data_is_a_function_of_the_seed(tmp_path):
+    a, b, c = (write_synthetic_dataset(open_store(str(tmp_path / n)), 2, seed=s, size=32, frames=5)
+               for n, s in (("a", 1), ("b", 1), ("c", 2)))
+    assert [r.caption for r in a] == [r.caption for r in b]
+    assert (tmp_path / "a" / "clips" / "000000.mp4").read_bytes() == (tmp_path / "b" / "clips" / "000000.mp4").read_bytes()
+    assert [r.caption for r in a] != [r.caption for r in c]
+
+
+def test_loader_samples_resizes_and_limits_subjects(dataset_dir):
+    ds = SubjectVideoDataset(str(dataset_dir))
+    multi = next(i for i, s in enumerate(ds.samples) if len(s.subjects) > 1)
+    sample = ds.load(ds.samples[multi], 5, 32, 48, 1, torch.Generator().manual_seed(0))
+    assert sample.video.shape == (3, 5, 32, 48)
+    assert -1.0 <= float(sample.video.min()) and float(sample.video.max()) <= 1.0
+    assert len(sample.subjects) == 1 and sample.subjects[0][0] in sample.caption
+    full = ds.load(ds.samples[multi], 9, 64, 64, 4, torch.Generator().manual_seed(0))
+    assert len(full.subjects) == len(ds.samples[multi].subjects)
+
+
+def test_frame_windows():
+    g = torch.Generator().manual_seed(0)
+    window = pick_frames(17, 9, g)
+    assert len(window) == 9 and (window[1:] - window[:-1] == 1).all() and window[-1] < 17
+    stretched = pick_frames(3, 9, g)
+    assert len(stretched) == 9 and stretched[0] == 0 and stretched[-1] == 2
+
+
+def test_order_is_seeded_and_covers_every_sample_each_epoch(dataset_dir):
+    ds = SubjectVideoDataset(str(dataset_dir))
+    epoch0 = [ds.index_at(p, seed=3) for p in range(6)]
+    assert sorted(epoch0) == list(range(6))
+    assert epoch0 == [SubjectVideoDataset(str(dataset_dir)).index_at(p, seed=3) for p in range(6)]
+    assert epoch0 != [ds.index_at(p, seed=3) for p in range(6, 12)] or epoch0 != [ds.index_at(p, seed=4) for p in range(6)]
+
+
+def test_corrupt_samples_are_skipped_counted_and_replaced(tmp_path):
+    store = open_store(str(tmp_path))
+    records = write_synthetic_dataset(store, 3, seed=0, size=32, frames=5)
+    store.write_bytes(records[1].video, b"this is not an mp4")
+    store.write_bytes(records[2].subjects[0].image, b"nor a png")
+    lines = store.read_text(MANIFEST).splitlines()
+    lines.append(json.dumps({"id": "x", "video": "clips/x.mp4", "caption": "no subject word", "subjects": [
+        {"word": "cat", "image": "s.png"}]}))
+    lines.append("{not json")
+    store.write_text(MANIFEST, "\n".join(lines) + "\n")
+    ds = SubjectVideoDataset(str(tmp_path))
+    assert len(ds) == 3  # the two bad manifest lines are rejected with reasons
+    got = [ds.get(p, 0, 5, 32, 32, 2, torch.Generator().manual_seed(p)).id for p in range(6)]
+    assert set(got) == {records[0].id}
+    assert sum(ds.skipped.values()) == 2
+    broken = SubjectVideoDataset(str(tmp_path))
+    broken.samples = broken.samples[1:]
+    with pytest.raises(SampleError, match="no readable sample"):
+        broken.get(0, 0, 5, 32, 32, 1, torch.Generator())
