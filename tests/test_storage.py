@@ -135,3 +135,32 @@ def test_materialize_dir_downloads_s3_prefix_once(s3_bucket, tmp_path):
     assert materialize_dir(f"{s3_bucket}/model", cache_dir=tmp_path / "cache") == local
     with pytest.raises(ObjectNotFound):
         materialize_dir(str(tmp_path / "does-not-exist"))
+
+
+def test_transient_failures_are_retried_and_permanent_ones_are_not():
+    from polyvivid.storage import with_retries
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise StorageError("S3 endpoint unreachable")
+        return "ok"
+
+    assert with_retries(flaky, attempts=5, base_delay_s=0.001) == "ok" and len(calls) == 3
+
+    def missing():
+        calls.append(1)
+        raise ObjectNotFound("no such object")
+
+    calls.clear()
+    with pytest.raises(ObjectNotFound):
+        with_retries(missing, attempts=5, base_delay_s=0.001)
+    assert len(calls) == 1
+
+    def broken():
+        raise StorageError("disk full")
+
+    with pytest.raises(StorageError, match="upload x failed after 2 attempts: disk full"):
+        with_retries(broken, attempts=2, base_delay_s=0.001, what="upload x")

@@ -117,12 +117,19 @@ class ResourcesSpec(ApiModel):
         return self.nodes * max(self.gpus_per_node, 1)
 
 
+TrainableGroup = Literal["identity_injection", "lora_interaction", "lora_blocks"]
+
+
 class TrainingSpec(ApiModel):
     model: ModelSource
     dataset: DatasetSource
     output: str = Field(min_length=1, description="URI where checkpoints, progress.json and final/ go")
     stages: list[Stage] = Field(default_factory=default_stages, min_length=1)
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    trainable: list[TrainableGroup] = Field(
+        default_factory=lambda: ["identity_injection", "lora_interaction", "lora_blocks"], min_length=1,
+        description="PolyVivid's parameter groups to train: the injection modules, the interaction LoRA, "
+                    "the LoRA on the double blocks' Q/K/V; everything else stays frozen")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     global_batch_size: int = Field(256, ge=1)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -126,15 +126,30 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         return [n for n, _ in self.named_parameters()
                 if f".{ADAPTER_NAME}." in n and "lora_" in n or n.startswith("identity_injection.")]
 
-    def freeze_base(self) -> dict[str, int]:
-        """Freeze everything but PolyVivid's own parameters; returns trainable parameter counts by group."""
-        own = set(self.polyvivid_parameter_names())
+    TRAINABLE_GROUPS = ("identity_injection", "lora_interaction", "lora_blocks")
+
+    @staticmethod
+    def parameter_group(name: str) -> str:
+        """Which of TRAINABLE_GROUPS one of PolyVivid's own parameters belongs to."""
+        if name.startswith("identity_injection."):
+            return "identity_injection"
+        return "lora_interaction" if name.startswith("interaction.") else "lora_blocks"
+
+    def freeze_base(self, groups: tuple[str, ...] | list[str] = TRAINABLE_GROUPS) -> dict[str, int]:
+        """Freeze everything but PolyVivid's own parameters in `groups`; returns trainable counts by group.
+
+        lora_blocks is the LoRA on the double blocks' video Q/K/V (the inherited injection weights);
+        in interaction_weights="shared" mode it also holds the shared block's interaction LoRA.
+        """
+        unknown = set(groups) - set(self.TRAINABLE_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown trainable groups {sorted(unknown)}; choose from {self.TRAINABLE_GROUPS}")
+        own = {n for n in self.polyvivid_parameter_names() if self.parameter_group(n) in groups}
         counts: dict[str, int] = {}
         for name, param in self.named_parameters():
             param.requires_grad_(name in own)
             if name in own:
-                group = ("identity_injection" if name.startswith("identity_injection.")
-                         else "lora_interaction" if name.startswith("interaction.") else "lora_blocks")
+                group = self.parameter_group(name)
                 counts[group] = counts.get(group, 0) + param.numel()
         return counts
 

@@ -160,10 +160,13 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
     use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
     if spec.precision == "bf16" and not use_bf16 and env.is_main:
         log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
+    torch.manual_seed(spec.seed)  # the same fresh PolyVivid weights on every rank
     pipe = build_pipeline(spec)
     transformer = pipe.transformer
-    counts = transformer.freeze_base()
-    own_names = transformer.polyvivid_parameter_names()
+    counts = transformer.freeze_base(spec.trainable)
+    own_names = [n for n, p in transformer.named_parameters() if p.requires_grad]
+    if not own_names:
+        raise TrainingError(f"nothing to train: this model has no parameters in {spec.trainable}")
     if env.is_main:
         total = sum(p.numel() for p in transformer.parameters())
         log.info("trainable parameters: %s = %d of %d (%.3f%%)",
@@ -250,7 +253,8 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
             return EXIT_PREEMPTED
 
     # Export PolyVivid's own weights and the card that says which base they go on.
-    weights = _own_state_for_export(transformer, own_names)
+    # All of PolyVivid's own weights, trained or not, so that the artifact loads on its own.
+    weights = _own_state_for_export(transformer, transformer.polyvivid_parameter_names())
     if env.is_main:
         final = scratch / "final"
         transformer.save_polyvivid_weights(final, state_dict=weights)

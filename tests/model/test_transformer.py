@@ -229,3 +229,13 @@ def test_hunyuan_13b_parameter_counts():
     assert count(model, lambda n: n.startswith("identity_injection.")) == injection
     assert count(model, lambda n: "lora_" in n) == interaction_lora + injection_lora
     assert count(model) == base_params + double_block + injection + interaction_lora + injection_lora
+
+
+def test_trainable_groups_can_be_chosen():
+    model = tiny_transformer()
+    counts = model.freeze_base(["identity_injection"])
+    assert set(counts) == {"identity_injection"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n in model.polyvivid_parameter_names() if n.startswith("identity_injection.")}
+    with pytest.raises(ValueError, match="unknown trainable groups"):
+        model.freeze_base(["everything"])

@@ -32,7 +32,8 @@ def test_ddp_and_fsdp2_on_two_processes_train_both_stages_into_s3(synth_dataset,
     histories = {}
     for mode in ("ddp", "fsdp"):
         output = f"{s3_bucket}/runs/{mode}"
-        spec = write_spec(tmp_path / f"{mode}.yaml", training_manifest(synth_dataset, output, parallelism=mode))
+        spec = write_spec(tmp_path / f"{mode}.yaml", training_manifest(synth_dataset, output, parallelism=mode,
+                                                                        activationCheckpointing=True))
         result = polyvivid("train", str(spec), "--local", "--nproc", "2", env=s3_worker_env(s3_env))
         assert result.returncode == 0, result.stderr[-3000:]
         state = progress(output)
@@ -45,7 +46,8 @@ def test_ddp_and_fsdp2_on_two_processes_train_both_stages_into_s3(synth_dataset,
         assert {"final/polyvivid_weights.safetensors", "final/polyvivid_pipeline.json"} <= set(keys)
         assert any(k.startswith("checkpoints/step-00000004/__1_") for k in keys)  # rank 1 uploaded its shard
         histories[mode] = [row[1] for row in state["history"]]
-    # Same seed, same samples, same noise: the two parallelisms compute the same losses.
+    # Same seed, same samples, same noise: the two parallelisms (with activation checkpointing) compute
+    # the same losses.
     assert np.allclose(histories["ddp"], histories["fsdp"], atol=1e-4)
 
     video = tmp_path / "from-final.mp4"
@@ -178,3 +180,23 @@ def test_bad_credentials_and_bad_specs_exit_2_with_one_line(synth_dataset, s3_en
     result = polyvivid("train", str(write_spec(tmp_path / "invalid.yaml", invalid)))
     assert result.returncode == 2 and result.stderr.strip() == (
         f"polyvivid: error: {tmp_path / 'invalid.yaml'}: spec.globalBatchSize: Input should be greater than or equal to 1")
+
+
+def test_only_the_chosen_groups_train_and_the_export_is_complete(synth_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from polyvivid.model.pipeline import PolyVividPipeline, load_pipeline
+
+    output = tmp_path / "partial"
+    manifest = training_manifest(synth_dataset, str(output), steps=(2, 0), low_res=0, trainable=["identity_injection"],
+                                 optimizer={"learningRate": 1e-2, "warmupSteps": 0})
+    result = polyvivid("train", str(write_spec(tmp_path / "spec.yaml", manifest)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trainable parameters: identity_injection" in result.stderr and "lora_" not in result.stderr.split(
+        "trainable parameters:")[1].splitlines()[0]
+    trained = load_file(output / "final" / "polyvivid_weights.safetensors")
+    fresh = PolyVividPipeline.from_preset("tiny", lora_rank=4, lora_alpha=4.0).transformer.polyvivid_state_dict()
+    assert trained.keys() == fresh.keys()
+    changed = {k for k in trained if not (trained[k] == fresh[k]).all()}
+    assert changed and all(k.startswith("identity_injection.") for k in changed)
+    load_pipeline(str(output / "final"))
