@@ -202,6 +202,8 @@ def _load_training(args):
 
 
 def cmd_train(args) -> int:
+    if args.nproc < 1 or (args.nproc > 1 and not args.local):
+        raise UsageError("--nproc N needs --local (under torchrun, torchrun sets the processes)")
     spec = _load_training(args)
     os.environ.update(spec.storage.environment())
     if args.local and args.nproc > 1:
@@ -210,9 +212,9 @@ def cmd_train(args) -> int:
         from .train.trainer import default_env_for_workers, torchrun_command
 
         return subprocess.call(torchrun_command(args.spec, args.nproc, _forwarded(args)), env=default_env_for_workers())
+    from .data.loader import SampleError
     from .storage import StorageError
     from .train.trainer import TrainingError, train
-    from .data.loader import SampleError
 
     try:
         return train(spec, args.output, args.metrics_addr)

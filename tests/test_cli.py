@@ -46,8 +46,11 @@ def test_generate_writes_video_and_contact_sheet_and_same_seed_same_video(images
     again = polyvivid(*gen_args(images, tmp_path / "b.mp4"))
     other = polyvivid(*gen_args(images, tmp_path / "c.mp4", seed="1"))
     assert again.returncode == other.returncode == 0
-    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "a" / "video.mp4").read_bytes()
-    assert not np.array_equal(decode_mp4((tmp_path / "c.mp4").read_bytes()), frames)
+    # Same seed, same frames: the contact sheet is lossless and must match byte for byte (the mp4's
+    # bytes are libx264's business: they were seen to vary run to run for identical frames).
+    assert (tmp_path / "b_frames.png").read_bytes() == (tmp_path / "a" / "video_frames.png").read_bytes()
+    assert abs(decode_mp4((tmp_path / "b.mp4").read_bytes()).astype(int) - frames).mean() < 2
+    assert (tmp_path / "c_frames.png").read_bytes() != (tmp_path / "a" / "video_frames.png").read_bytes()
 
 
 def test_generate_writes_to_s3(images, s3_env, s3_bucket, tmp_path):

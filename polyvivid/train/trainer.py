@@ -277,15 +277,6 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
     return 0
 
 
-def run_from_environment(spec: TrainingSpec, output: str | None, metrics_addr: str) -> int:
-    """Entry point inside a torchrun worker (or a single process); errors become one log line."""
-    try:
-        return train(spec, output, metrics_addr)
-    except TrainingError as e:
-        log.error("%s", e)
-        return 1
-
-
 def torchrun_command(spec_path: str, nproc: int, extra: list[str]) -> list[str]:
     import sys
 

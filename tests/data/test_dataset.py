@@ -37,7 +37,11 @@ def test_synthetic_data_is_a_function_of_the_seed(tmp_path):
     a, b, c = (write_synthetic_dataset(open_store(str(tmp_path / n)), 2, seed=s, size=32, frames=5)
                for n, s in (("a", 1), ("b", 1), ("c", 2)))
     assert [r.caption for r in a] == [r.caption for r in b]
-    assert (tmp_path / "a" / "clips" / "000000.mp4").read_bytes() == (tmp_path / "b" / "clips" / "000000.mp4").read_bytes()
+    assert (tmp_path / "a" / "subjects" / "000000_0.png").read_bytes() == (tmp_path / "b" / "subjects" / "000000_0.png").read_bytes()
+    # The frames are identical; libx264's bytes are not always (they were seen to vary with what the
+    # process encoded before), so compare decoded frames within the codec's loss.
+    clip_a, clip_b = (decode_mp4((tmp_path / n / "clips" / "000000.mp4").read_bytes()).astype(int) for n in "ab")
+    assert clip_a.shape == clip_b.shape and abs(clip_a - clip_b).mean() < 2
     assert [r.caption for r in a] != [r.caption for r in c]
 
 
