@@ -232,10 +232,37 @@ def _train_run_samples_per_s(nproc: int) -> float:
     return round(spec["spec"]["globalBatchSize"] / statistics.median(seconds[1:]), 3)
 
 
+def clique(args) -> dict:
+    """Clique consolidation of 1,000 detections: 40 subjects seen 20 times each plus 200 stray
+    detections (target < 1 s), against building the similarity graph alone as the baseline."""
+    import numpy as np
+
+    from polyvivid.data.clique import consolidate, similarity_graph
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(240, 64))
+    rows = [centres[k] + rng.normal(scale=0.05, size=64) for k in range(40) for _ in range(20)]
+    rows += [centres[40 + j] for j in range(200)]
+    features = np.stack(rows)[rng.permutation(len(rows))]
+    times, graph_times = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        similarity_graph(features, 0.1)
+        graph_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        kept = consolidate(features, num_frames=30, max_distance=0.1)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {"name": "clique", "detections": len(features), "cliques_kept": len(kept),
+            "seconds": round(seconds, 4), "graph_seconds": round(statistics.median(graph_times), 4),
+            "ratio": {"consolidate/graph": round(seconds / statistics.median(graph_times), 2)},
+            "target_seconds": 1.0, "pass": seconds < 1.0}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, clique)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -247,7 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step, "train_step": train_step}
+    benchmarks = {"model_step": model_step, "train_step": train_step, "clique": clique}
     for name, fn in benchmarks.items():
         if args.only and name != args.only:
             continue

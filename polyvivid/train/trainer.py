@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -143,8 +144,7 @@ class _Preemption:
         self.requested = True
 
 
-def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.0.0.0",
-          dataset_uri: str | None = None) -> int:
+def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.0.0.0") -> int:
     env = init_distributed()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(name)s: %(message)s")
     output = output or spec.output
@@ -155,7 +155,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
     if rest or per_rank == 0:
         raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of the world size "
                             f"{env.world_size} (nodes x processes per node)")
-    dataset = SubjectVideoDataset(dataset_uri or spec.dataset.uri)
+    dataset = SubjectVideoDataset(spec.dataset.uri)
 
     use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
     if spec.precision == "bf16" and not use_bf16 and env.is_main:
@@ -252,8 +252,8 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
             reporter.close()
             return EXIT_PREEMPTED
 
-    # Export PolyVivid's own weights and the card that says which base they go on.
-    # All of PolyVivid's own weights, trained or not, so that the artifact loads on its own.
+    # Export all of PolyVivid's own weights (trained or not, so the artifact loads on its own) and the
+    # card that says which base they go on.
     weights = _own_state_for_export(transformer, transformer.polyvivid_parameter_names())
     if env.is_main:
         final = scratch / "final"
@@ -269,6 +269,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
         reporter.write(status="succeeded", last_checkpoint=last_checkpoint, final=store.uri("final"))
         log.info("done: %s", store.uri("final"))
     reporter.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     if env.distributed:
         import torch.distributed as dist
 
