@@ -2,7 +2,8 @@
 schemas and of what the workloads accept. No torch import here: the operator uses this package."""
 
 from .common import API_VERSION, GROUP, ObjectMeta, SecretRef, SpecError, StorageSpec, load_resource
+from .curation import CurationJob, CurationSpec
 from .training import PolyVividTraining, TrainingSpec
 
 __all__ = ["API_VERSION", "GROUP", "ObjectMeta", "SecretRef", "SpecError", "StorageSpec", "load_resource",
-           "PolyVividTraining", "TrainingSpec"]
+           "CurationJob", "CurationSpec", "PolyVividTraining", "TrainingSpec"]

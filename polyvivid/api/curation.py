@@ -1,0 +1,104 @@
+"""CurationJob: raw videos -> the multi-subject dataset that training reads (paper section 3, A.3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import API_VERSION, ApiModel, ObjectMeta, StorageSpec
+
+
+class ModelRef(ApiModel):
+    """A model for one stage: a path or s3:// URI in its library's layout, or the `tiny` preset."""
+
+    uri: str | None = None
+    preset: Literal["tiny"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.uri is None) == (self.preset is None):
+            raise ValueError("give exactly one of uri or preset")
+        return self
+
+
+class StageResources(ApiModel):
+    """Ray resources of one model stage: an actor pool of `actors` replicas."""
+
+    actors: int = Field(1, ge=1, le=1024)
+    cpus: float = Field(1.0, ge=0)
+    gpus: float = Field(0.0, ge=0, description="GPU fraction per actor, e.g. 0.25 to pack four on a GPU")
+    batch_size: int = Field(4, ge=1)
+
+
+class SplitSpec(ApiModel):
+    min_clip_seconds: float = Field(2.0, gt=0)
+    max_clip_seconds: float = Field(20.0, gt=0)
+    shot_threshold: float = Field(0.35, gt=0, le=2, description="histogram distance between frames that starts a new shot")
+    sample_fps: float = Field(8.0, gt=0, description="frames per second kept in the written clips")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_clip_seconds > self.max_clip_seconds:
+            raise ValueError("minClipSeconds exceeds maxClipSeconds")
+        return self
+
+
+class FilterSpec(ApiModel):
+    black_border_threshold: float = Field(16.0, ge=0, le=255, description="mean luma under which a border row/column is black")
+    min_motion: float = Field(0.5, ge=0, description="mean absolute frame difference (0-255) under which a clip is static")
+    transition_threshold: float = Field(0.35, gt=0, le=2, description="histogram distance inside a clip that marks a transition")
+    subtitle_detector: ModelRef | None = None
+    watermark_detector: ModelRef | None = None
+    quality_scorer: ModelRef | None = None
+    min_quality: float = 0.0
+
+
+class CaptionSpec(ApiModel):
+    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    max_new_tokens: int = Field(128, ge=1)
+    resources: StageResources = Field(default_factory=StageResources)
+
+
+class GroundingSpec(ApiModel):
+    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    frames_per_clip: int = Field(6, ge=1, le=64, description="frames sampled per clip for grounding")
+    resources: StageResources = Field(default_factory=StageResources)
+
+
+class SegmentationSpec(ApiModel):
+    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    resources: StageResources = Field(default_factory=StageResources)
+
+
+class ClipScoreSpec(ApiModel):
+    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    min_score: float = Field(0.2, ge=-1, le=1, description="CLIP cosine similarity of cut-out and phrase to keep it")
+    resources: StageResources = Field(default_factory=StageResources)
+
+
+class ConsolidationSpec(ApiModel):
+    max_distance: float = Field(0.3, gt=0, le=2, description="cosine distance under which two detections agree")
+    reference_images: int = Field(1, ge=1, le=8, description="reference images kept per subject")
+
+
+class CurationSpec(ApiModel):
+    input: str = Field(min_length=1, description="URI prefix of the raw videos (*.mp4, *.mov, *.mkv, *.webm)")
+    output: str = Field(min_length=1, description="URI where the dataset (manifest.jsonl, summary.json) goes")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+    caption: CaptionSpec = Field(default_factory=CaptionSpec)
+    grounding: GroundingSpec = Field(default_factory=GroundingSpec)
+    segmentation: SegmentationSpec = Field(default_factory=SegmentationSpec)
+    clip_score: ClipScoreSpec = Field(default_factory=ClipScoreSpec)
+    consolidation: ConsolidationSpec = Field(default_factory=ConsolidationSpec)
+    ray_address: str | None = Field(None, description="an existing Ray cluster (default: start one locally)")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+
+class CurationJob(ApiModel):
+    api_version: Literal["polyvivid.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["CurationJob"] = "CurationJob"
+    metadata: ObjectMeta
+    spec: CurationSpec
+    status: dict | None = None
