@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,curation,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--metrics-port", type=int, help="port of rank 0's Prometheus endpoint (0: off)")
     train.set_defaults(run=cmd_train)
 
+    curate = sub.add_parser(
+        "curate", help="turn raw videos into a multi-subject dataset (a CurationJob)",
+        description="Run the CurationJob in SPEC on Ray: split into clips, filter, caption, ground each subject "
+                    "phrase (Florence-2), segment it (SAM2), check it (CLIP) and consolidate (cliques); writes "
+                    "clips, subject images, manifest.jsonl and summary.json. Finished videos are skipped on a re-run.",
+        epilog="example: polyvivid curate curation.yaml --local",
+    )
+    curate.add_argument("spec", help="CurationJob YAML")
+    curate.add_argument("--local", action="store_true", help="start Ray on this machine (default: spec.rayAddress or the cluster)")
+    curate.add_argument("--input", help="video URI prefix, overriding spec.input")
+    curate.add_argument("--output", help="dataset URI, overriding spec.output")
+    curate.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    curate.set_defaults(run=cmd_curate)
+
     synth = sub.add_parser(
         "synth-data", help="write a synthetic multi-subject dataset",
         description="Write N clips of textured shapes moving and interacting, with captions naming them "
@@ -230,6 +244,32 @@ def _forwarded(args) -> list[str]:
         if value is not None:
             extra += [flag, str(value)]
     return extra
+
+
+def cmd_curate(args) -> int:
+    from .api import CurationJob, SpecError, load_resource
+
+    try:
+        spec = load_resource(args.spec, CurationJob).spec
+    except SpecError as e:
+        raise UsageError(f"{args.spec}: {e}") from None
+    updates = {k: v for k, v in (("input", args.input), ("output", args.output)) if v}
+    if args.store:
+        updates["storage"] = spec.storage.model_copy(update={"endpoint": args.store})
+    spec = spec.model_copy(update=updates)
+    os.environ.update(spec.storage.environment())
+    from .data.curation import curate
+    from .storage import StorageError
+
+    try:
+        summary = curate(spec, local=args.local)
+    except StorageError as e:
+        raise UsageError(str(e)) from None
+    for stage, c in summary["stages"].items():
+        print(f"{stage:12s} in {c['in']:5d}  out {c['out']:5d}  rejected {c['rejected']}")
+    print(f"dataset: {spec.output.rstrip('/')}/manifest.jsonl ({summary['clips_written']} clips; "
+          f"summary.json lists {len(summary['rejects'])} rejects with reasons)")
+    return 0
 
 
 def cmd_synth_data(args) -> int:

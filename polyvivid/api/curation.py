@@ -26,9 +26,8 @@ class StageResources(ApiModel):
     """Ray resources of one model stage: an actor pool of `actors` replicas."""
 
     actors: int = Field(1, ge=1, le=1024)
-    cpus: float = Field(1.0, ge=0)
+    cpus: float = Field(0.5, ge=0)
     gpus: float = Field(0.0, ge=0, description="GPU fraction per actor, e.g. 0.25 to pack four on a GPU")
-    batch_size: int = Field(4, ge=1)
 
 
 class SplitSpec(ApiModel):

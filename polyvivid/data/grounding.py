@@ -74,9 +74,15 @@ class Grounder:
         from ..storage import materialize_dir
 
         local = materialize_dir(uri)
-        processor = AutoProcessor.from_pretrained(local)
-        return cls(Florence2ForConditionalGeneration.from_pretrained(local).eval(), processor.image_processor,
-                   processor.tokenizer)
+        model = Florence2ForConditionalGeneration.from_pretrained(local).eval()
+        if (local / "processor_config.json").exists():
+            processor = AutoProcessor.from_pretrained(local)
+            return cls(model, processor.image_processor, processor.tokenizer)
+        # A directory with the image processor and tokenizer files but no Florence2Processor.
+        from transformers import AutoTokenizer
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        return cls(model, CLIPImageProcessorPil.from_pretrained(local), AutoTokenizer.from_pretrained(local))
 
     @torch.no_grad()
     def ground(self, image: Image.Image, phrase: str) -> Box:
@@ -94,18 +100,19 @@ class Grounder:
         encoder = None
         coords, logps = [], []
         loc_ids = self.loc_ids.to(device)
-        for _ in range(4):
+        for step in range(4):
             out = model(input_ids=input_ids, pixel_values=pixels if encoder is None else None,
                         encoder_outputs=encoder, decoder_input_ids=torch.tensor([decoded], device=device))
             encoder = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state)
             logprobs = out.logits[0, -1].float().log_softmax(-1)[loc_ids]
+            if step >= 2:  # x2 > x1 and y2 > y1: a box, not a line or a point
+                logprobs[: coords[step - 2] + 1] = float("-inf")
             best = int(logprobs.argmax())
             coords.append(best)
             logps.append(float(logprobs[best]))
             decoded.append(int(loc_ids[best]))
-        x1, x2 = sorted(coords[0::2])
-        y1, y2 = sorted(coords[1::2])
+        x1, y1, x2, y2 = coords
         w, h = image.size
-        # bin i covers [i, i+1) / 1000 of the side; a degenerate box still covers one bin
-        return Box(x1 * w / LOC_BINS, y1 * h / LOC_BINS, (max(x2, x1 + 1)) * w / LOC_BINS,
-                   (max(y2, y1 + 1)) * h / LOC_BINS, sum(logps) / 4)
+        # bin i covers [i, i+1) / 1000 of the side
+        return Box(x1 * w / LOC_BINS, y1 * h / LOC_BINS, (x2 + 1) * w / LOC_BINS, (y2 + 1) * h / LOC_BINS,
+                   sum(logps) / 4)

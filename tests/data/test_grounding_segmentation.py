@@ -19,6 +19,17 @@ def test_grounding_gives_one_well_formed_box_per_phrase():
     assert grounder.ground(image, "man") == box  # deterministic
 
 
+def test_grounding_loads_a_saved_directory_without_a_processor_file(tmp_path):
+    from polyvivid.data.grounding import tiny_florence2
+
+    model, processor, tokenizer = tiny_florence2()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    image = draw_subject("dog", 64)
+    assert Grounder.load(uri=str(tmp_path)).ground(image, "dog") == Grounder(model, processor, tokenizer).ground(image, "dog")
+
+
 def test_sam2_masks_stay_in_the_box():
     segmenter = Segmenter.load(preset="tiny")
     image = draw_subject("guitar", 96)

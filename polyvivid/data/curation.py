@@ -1,0 +1,346 @@
+"""`polyvivid curate`: raw videos -> the multi-subject dataset (paper section 3, appendix A.3), on Ray.
+
+Stages, as Ray Data operations (model stages are actor pools with the spec's CPUs/GPUs per actor):
+  1 split      decode, cut at shot changes, keep clips within the length range     (CPU tasks)
+  2 filter     crop black borders, drop transitions and static clips, resample fps (same tasks)
+  3 caption    caption files beside the video, else the MLLM; subject phrases      (actor pool)
+  4 ground     Florence-2 box of every phrase on sampled frames                    (actor pool)
+  5 segment    SAM2 in each box, largest object, cut-out; CLIP score vs the phrase (actor pool)
+  6 consolidate  maximum cliques of CLIP features; the first kept clique is the subject
+  7 write      clip, subject images, manifest.jsonl and summary.json to the output
+
+A row that fails a stage is not dropped silently: it carries `reject` (stage and reason) through the
+remaining stages, and summary.json lists every reject. Each finished video leaves a marker under
+`_done/`, so a re-run skips it and only new videos are processed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from ..api.curation import CurationSpec
+from ..storage import ObjectNotFound, StorageError, open_store
+from .dataset import MANIFEST, SampleRecord, SubjectRecord
+from .shots import (
+    black_border_box, clip_ranges, decode_video, detect_shots, has_transition, motion_score, subsample,
+)
+
+log = logging.getLogger("polyvivid.curate")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm")
+STAGES = ("split", "filter", "caption", "ground", "segment", "consolidate", "write")
+SUMMARY = "summary.json"
+
+
+def clip_id(video_key: str, index: int) -> str:
+    stem = video_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    digest = hashlib.sha1(video_key.encode()).hexdigest()[:8]
+    return f"{stem}-{digest}-{index:03d}"
+
+
+def done_key(video_key: str) -> str:
+    return f"_done/{hashlib.sha1(video_key.encode()).hexdigest()}.json"
+
+
+def rejected(row: dict, stage: str, reason: str) -> dict:
+    row = {k: v for k, v in row.items() if k not in ("frames",)}
+    row["reject"] = {"stage": stage, "reason": reason}
+    return row
+
+
+def _timed(row: dict, stage: str, started: float) -> dict:
+    row.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 4)
+    return row
+
+
+# ---------------------------------------------------------------------------------------- 1-2
+def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
+    """One video -> its clips (frames in the row) or a reject saying why."""
+    started = time.perf_counter()
+    store = open_store(spec.input)
+    key = row["video"]
+    try:
+        video = decode_video(store.read_bytes(key))
+    except (ValueError, StorageError) as e:
+        return [rejected({"video": key}, "split", str(e))]
+    sidecar = {}
+    stem = key.rsplit(".", 1)[0]
+    for ext in ("json", "txt"):
+        try:
+            sidecar[ext] = store.read_bytes(f"{stem}.{ext}").decode("utf-8", "replace")
+        except ObjectNotFound:
+            pass
+    split = spec.split
+    ranges, too_short = clip_ranges(detect_shots(video.frames, split.shot_threshold), video.fps,
+                                    split.min_clip_seconds, split.max_clip_seconds)
+    out = [rejected({"video": key, "clip": clip_id(key, -1 - i)}, "split",
+                    f"shorter than {split.min_clip_seconds}s") for i in range(too_short)]
+    filters = spec.filters
+    for i, (start, end) in enumerate(ranges):
+        frames = video.frames[start:end]
+        base = {"video": key, "clip": clip_id(key, i), "sidecar": sidecar}
+        top, bottom, left, right = black_border_box(frames, filters.black_border_threshold)
+        if bottom - top < 16 or right - left < 16:
+            out.append(rejected(base, "filter", "black frames"))
+            continue
+        frames = frames[:, top:bottom, left:right]
+        if has_transition(frames, filters.transition_threshold):
+            out.append(rejected(base, "filter", "transition (fade or dissolve)"))
+            continue
+        motion = motion_score(frames)
+        if motion < filters.min_motion:
+            out.append(rejected(base, "filter", f"static (motion {motion:.2f} < {filters.min_motion})"))
+            continue
+        frames = subsample(frames, video.fps, split.sample_fps)
+        out.append(_timed({**base, "frames": frames, "fps": min(split.sample_fps, video.fps),
+                           "border": [top, bottom, left, right]}, "split+filter", started))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- 3-6
+def sample_frames(frames: np.ndarray, count: int) -> list[int]:
+    return sorted(set(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int).tolist()))
+
+
+class CaptionStage:
+    def __init__(self, spec: CurationSpec):
+        self.spec = spec.caption
+        self.captioner = None  # loaded on first need: clips with caption files never need it
+
+    def __call__(self, row: dict) -> dict:
+        if "reject" in row:
+            return row
+        from .captioning import Captioner, sidecar_caption
+
+        started = time.perf_counter()
+        files = {k: v.encode() for k, v in row.pop("sidecar", {}).items()}
+        caption = sidecar_caption(files)
+        source = "file"
+        if caption is None or not caption.subjects:
+            if self.captioner is None:
+                model = self.spec.model
+                self.captioner = Captioner.load(model.uri, model.preset, self.spec.max_new_tokens)
+            frames = [Image.fromarray(row["frames"][i]) for i in sample_frames(row["frames"], 4)]
+            generated, raw = self.captioner.caption(frames)
+            if caption is None:
+                caption, source = generated, "mllm"
+            elif generated is not None:  # a caption file without subjects: take the MLLM's phrases
+                caption.subjects, source = generated.subjects, "file+mllm"
+            if caption is None:
+                return rejected(row, "caption", f"the captioner gave no structured caption: {raw[:80]!r}")
+        problems = caption.problems()
+        if problems:
+            return rejected(row, "caption", "; ".join(problems))
+        row.update(caption=caption.caption, short_caption=caption.short_caption, phrases=caption.subjects,
+                   caption_source=source)
+        return _timed(row, "caption", started)
+
+
+class GroundStage:
+    def __init__(self, spec: CurationSpec):
+        from .grounding import Grounder
+
+        self.frames_per_clip = spec.grounding.frames_per_clip
+        self.grounder = Grounder.load(spec.grounding.model.uri, spec.grounding.model.preset)
+
+    def __call__(self, row: dict) -> dict:
+        if "reject" in row:
+            return row
+        started = time.perf_counter()
+        detections = []
+        for index in sample_frames(row["frames"], self.frames_per_clip):
+            image = Image.fromarray(row["frames"][index])
+            for phrase in row["phrases"]:
+                box = self.grounder.ground(image, phrase)
+                detections.append({"phrase": phrase, "frame": index, "box": box.as_list(), "score": box.score})
+        row["detections"] = detections
+        row["sampled_frames"] = len(sample_frames(row["frames"], self.frames_per_clip))
+        return _timed(row, "ground", started)
+
+
+class SegmentStage:
+    """SAM2 cut-outs, their CLIP score against the phrase, and clique consolidation per phrase."""
+
+    def __init__(self, spec: CurationSpec):
+        from .clip_score import ClipScorer
+        from .segmentation import Segmenter
+
+        self.spec = spec
+        self.segmenter = Segmenter.load(spec.segmentation.model.uri, spec.segmentation.model.preset)
+        self.clip = ClipScorer.load(spec.clip_score.model.uri, spec.clip_score.model.preset)
+
+    def __call__(self, row: dict) -> dict:
+        if "reject" in row:
+            return row
+        from .clique import consolidate
+        from .segmentation import cut_out
+
+        started = time.perf_counter()
+        kept = []
+        for det in row.pop("detections"):
+            mask = self.segmenter.segment(Image.fromarray(row["frames"][det["frame"]]), det["box"])
+            if mask.sum() < 16:
+                continue
+            kept.append({**det, "image": cut_out(Image.fromarray(row["frames"][det["frame"]]), mask)})
+        row = _timed(row, "segment", started)
+        started = time.perf_counter()
+        subjects, reasons = [], []
+        for phrase in row["phrases"]:
+            found = [d for d in kept if d["phrase"] == phrase]
+            if not found:
+                reasons.append(f"{phrase!r}: no mask")
+                continue
+            scores = self.clip.scores([d["image"] for d in found], [phrase] * len(found)).tolist()
+            passing = [(d, s) for d, s in zip(found, scores) if s >= self.spec.clip_score.min_score]
+            if not passing:
+                reasons.append(f"{phrase!r}: CLIP score {max(scores):.3f} < {self.spec.clip_score.min_score}")
+                continue
+            features = self.clip.image_features([d["image"] for d, _ in passing]).numpy()
+            cliques = consolidate(features, row["sampled_frames"], self.spec.consolidation.max_distance)
+            if not cliques:
+                reasons.append(f"{phrase!r}: no consistent detections (no clique over a third of the frames)")
+                continue
+            best = sorted(cliques[0], key=lambda i: -passing[i][1])[: self.spec.consolidation.reference_images]
+            subjects.append({"phrase": phrase, "images": [_png(passing[i][0]["image"]) for i in best],
+                             "clip_score": round(float(np.mean([passing[i][1] for i in best])), 4)})
+        if not subjects:
+            return rejected(row, "consolidate", "; ".join(reasons) or "no subjects")
+        row["subjects"] = subjects
+        row["dropped_subjects"] = reasons
+        return _timed(row, "consolidate", started)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------- 7
+def write_clip(row: dict, spec: CurationSpec) -> dict:
+    """Clip and subject images to the output; the row becomes its manifest record."""
+    if "reject" in row:
+        return row
+    from ..video import encode_mp4
+
+    started = time.perf_counter()
+    store = open_store(spec.output)
+    frames = row.pop("frames")
+    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2  # H.264 wants even sizes
+    frames = np.ascontiguousarray(frames[:, :h, :w])
+    clip_key = f"clips/{row['clip']}.mp4"
+    store.write_bytes(clip_key, encode_mp4(frames, fps=max(int(round(row["fps"])), 1)))
+    subjects = []
+    for k, subject in enumerate(row.pop("subjects")):
+        key = f"subjects/{row['clip']}_{k}.png"
+        store.write_bytes(key, subject["images"][0])
+        for j, extra in enumerate(subject["images"][1:], start=1):
+            store.write_bytes(f"subjects/{row['clip']}_{k}_{j}.png", extra)
+        subjects.append(SubjectRecord(word=subject["phrase"], image=key))
+    record = SampleRecord(id=row["clip"], video=clip_key, caption=row["caption"], subjects=subjects,
+                          fps=row["fps"], num_frames=len(frames), width=w, height=h,
+                          short_caption=row.get("short_caption", ""), source=row["video"],
+                          caption_source=row.get("caption_source"))
+    row["record"] = record.model_dump(exclude_none=True)
+    return _timed(row, "write", started)
+
+
+# ---------------------------------------------------------------------------------------- Ray wiring
+CPU_TASK = 0.25  # split/filter and write are light; leave the cores to the model actors
+
+
+def _each(fn):
+    def run(row, **kwargs):
+        return [{"item": item} for item in fn(row["item"], **kwargs)]
+    return run
+
+
+def _one(fn):
+    def run(row, **kwargs):
+        return {"item": fn(row["item"], **kwargs)}
+    return run
+
+
+def _actor(cls):
+    class Stage(cls):
+        def __call__(self, row):
+            return {"item": super().__call__(row["item"])}
+    Stage.__name__ = cls.__name__
+    return Stage
+
+
+# ---------------------------------------------------------------------------------------- driver
+def curate(spec: CurationSpec, local: bool = True, progress: bool = True) -> dict:
+    """Run the pipeline on Ray; returns the summary (also written to OUTPUT/summary.json)."""
+    import ray
+
+    started = time.perf_counter()
+    source, out = open_store(spec.input), open_store(spec.output)
+    videos = [k for k in source.list() if k.lower().endswith(VIDEO_EXTENSIONS)]
+    finished = {k for k in videos if out.exists(done_key(k))}
+    todo = [k for k in videos if k not in finished]
+    log.info("%d videos under %s (%d already curated)", len(videos), spec.input, len(finished))
+
+    rows = []
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address=None if local else (spec.ray_address or "auto"), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = progress
+        # Every row is one python object under "item": rows differ in shape (clips, rejects), and an
+        # Arrow schema per stage would only get in the way.
+        ds = ray.data.from_items([{"item": {"video": k}} for k in todo])
+        ds = ds.flat_map(_each(split_and_filter), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK)
+        for stage_cls, stage in ((CaptionStage, spec.caption), (GroundStage, spec.grounding),
+                                 (SegmentStage, spec.segmentation)):
+            res = stage.resources
+            ds = ds.map(_actor(stage_cls), fn_constructor_kwargs={"spec": spec}, concurrency=res.actors,
+                        num_cpus=res.cpus, num_gpus=res.gpus or None)
+        ds = ds.map(_one(write_clip), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK)
+        rows = [r["item"] for r in ds.take_all()]
+
+    by_video: dict[str, list[dict]] = {k: [] for k in todo}
+    for row in rows:
+        by_video[row["video"]].append({k: v for k, v in row.items() if k in ("clip", "reject", "record", "seconds")})
+    for key, results in by_video.items():  # markers last: a crash before here redoes the video
+        out.write_text(done_key(key), json.dumps({"video": key, "results": results}))
+
+    # The manifest and summary cover every video curated so far, this run or earlier ones.
+    records, rejects, seconds = [], [], Counter()
+    for key in videos:
+        results = json.loads(out.read_text(done_key(key)))["results"]
+        for result in results:
+            for stage, s in result.get("seconds", {}).items():
+                seconds[stage] += s
+            if "reject" in result:
+                rejects.append({"video": key, "clip": result.get("clip"), **result["reject"]})
+            else:
+                records.append(result["record"])
+    out.write_text(MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
+    by_stage = Counter(r["stage"] for r in rejects)
+    # Rows into and out of every stage: videos into split, clips from then on.
+    counts, flowing = {}, len(videos)
+    for stage in STAGES:
+        if stage == "split":
+            out_count = len(records) + sum(n for s, n in by_stage.items() if s != "split")
+        else:
+            out_count = flowing - by_stage.get(stage, 0)
+        counts[stage] = {"in": flowing, "out": out_count, "rejected": by_stage.get(stage, 0)}
+        flowing = out_count
+    summary = {
+        "input": spec.input, "output": spec.output, "videos": len(videos), "videos_this_run": len(todo),
+        "clips_written": len(records), "stages": counts, "rejects": rejects,
+        "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+    out.write_text(SUMMARY, json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,120 @@
+"""The curation pipeline end to end through real (local) Ray with the tiny Florence-2, SAM2, CLIP and
+Qwen2.5-VL captioner, on constructed raw videos whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from polyvivid.api import CurationJob, load_resource
+from polyvivid.data.loader import SubjectVideoDataset
+from polyvivid.data.synthetic import render_clip
+from polyvivid.storage import open_store
+from polyvivid.video import encode_mp4
+
+FPS = 8
+
+
+def shot(color, frames, seed, shapes=("circle", "square")):
+    rng = np.random.default_rng(seed)
+    subjects = [{"shape": s, "color": c, "texture": "striped"} for s, c in zip(shapes, ("red", "blue"))]
+    clip = render_clip(subjects, "gray", 64, frames, rng).copy()
+    background = (clip == clip[0, 0, 0]).all(-1)
+    clip[background] = color
+    return clip
+
+
+@pytest.fixture(scope="module")
+def raw_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    store = open_store(str(root))
+    caption = {"caption": "A striped red circle chases a striped blue square.", "short_caption": "Shapes.",
+               "subjects": ["circle", "square"]}
+    # two shots (a cut at frame 16), with a caption file: two clips expected
+    store.write_bytes("two_shots.mp4", encode_mp4(np.concatenate([shot((20, 60, 200), 16, 0), shot((230, 210, 40), 16, 1)]), fps=FPS))
+    store.write_text("two_shots.json", json.dumps(caption))
+    # letterboxed: black bars top and bottom are cropped away
+    boxed = shot((40, 160, 60), 16, 2)
+    boxed[:, :8] = 0
+    boxed[:, -8:] = 0
+    store.write_bytes("nested/letterbox.mp4", encode_mp4(boxed, fps=FPS))
+    store.write_text("nested/letterbox.json", json.dumps(caption))
+    # static: one frame repeated
+    store.write_bytes("static.mp4", encode_mp4(np.repeat(shot((90, 90, 90), 1, 3), 16, axis=0), fps=FPS))
+    store.write_text("static.json", json.dumps(caption))
+    # no caption file: the (random) captioner cannot name subjects
+    store.write_bytes("uncaptioned.mp4", encode_mp4(shot((120, 40, 40), 16, 4), fps=FPS))
+    store.write_bytes("corrupt.mp4", b"\x00\x00\x00\x18ftypmp42 then nothing")
+    store.write_text("notes.txt", "not a video")
+    return root
+
+
+@pytest.fixture(scope="module")
+def box_filling_sam2(tmp_path_factory):
+    """A tiny SAM2 saved the way real weights are, whose masks fill most of the prompt box (its
+    hypernetwork answers a constant: random SAM2 masks are nearly empty)."""
+    from polyvivid.data.segmentation import tiny_sam2
+
+    model = tiny_sam2()
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.proj_out.weight.zero_()
+            mlp.proj_out.bias.fill_(-1.0)
+    path = tmp_path_factory.mktemp("sam2")
+    model.save_pretrained(path)
+    return str(path)
+
+
+def spec_for(raw, out, sam2):
+    return load_resource({
+        "apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
+        "spec": {
+            "input": str(raw), "output": str(out),
+            "split": {"minClipSeconds": 1.0, "maxClipSeconds": 4.0, "sampleFps": 8},
+            "caption": {"maxNewTokens": 8, "resources": {"cpus": 0.25}},
+            "grounding": {"framesPerClip": 3, "resources": {"cpus": 0.25}},
+            "segmentation": {"model": {"uri": sam2}, "resources": {"cpus": 0.25}},
+            # random tiny models: accept any CLIP score and treat all detections as agreeing
+            "clipScore": {"minScore": -1.0},
+            "consolidation": {"maxDistance": 2.0},
+        }}, CurationJob).spec
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_path, ray_local):
+    from polyvivid.data.curation import curate
+
+    out = tmp_path / "dataset"
+    summary = curate(spec_for(raw_videos, out, box_filling_sam2), progress=False)
+    assert summary["videos"] == 5 and summary["clips_written"] == 3
+    reasons = {(r["video"], r["stage"]): r["reason"] for r in summary["rejects"]}
+    assert "undecodable" in reasons[("corrupt.mp4", "split")]
+    assert reasons[("static.mp4", "filter")].startswith("static")
+    assert ("uncaptioned.mp4", "caption") in reasons
+    assert summary["stages"]["split"]["in"] == 5 and summary["stages"]["write"]["out"] == 3
+    assert all(summary["stages"][s]["out"] <= summary["stages"][s]["in"] for s in summary["stages"] if s != "split")
+
+    store = open_store(str(out))
+    assert json.loads(store.read_text("summary.json"))["clips_written"] == 3
+    dataset = SubjectVideoDataset(str(out))
+    assert len(dataset) == 3
+    by_source = {s.model_extra["source"]: s for s in dataset.samples}
+    letterbox = by_source["nested/letterbox.mp4"]
+    assert letterbox.height == 48 and letterbox.width == 64  # the black bars are gone
+    sample = dataset.get(0, 0, 5, 32, 32, 2, torch.Generator().manual_seed(0))
+    assert sample.video.shape == (3, 5, 32, 32) and [w for w, _ in sample.subjects] == ["circle", "square"]
+
+    again = curate(spec_for(raw_videos, out, box_filling_sam2), progress=False)
+    assert again["videos_this_run"] == 0 and again["clips_written"] == 3
+    assert store.read_text("manifest.jsonl") == open_store(str(out)).read_text("manifest.jsonl")
