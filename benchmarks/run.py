@@ -240,6 +240,53 @@ def _train_run_samples_per_s(nproc: int) -> float:
     return round(spec["spec"]["globalBatchSize"] / statistics.median(seconds[1:]), 3)
 
 
+def curate(args) -> dict:
+    """Clips per second through the whole curation pipeline on local Ray with the tiny models
+    (8 raw videos of two shots each, with caption files), against the split+filter stage alone."""
+    import json as _json
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import ray
+
+    from polyvivid.api import CurationJob, load_resource
+    from polyvivid.data.curation import split_and_filter
+    from polyvivid.data.synthetic import make_sample
+    from polyvivid.storage import open_store
+    from polyvivid.video import encode_mp4
+
+    work = Path(tempfile.mkdtemp(prefix="polyvivid-curate-bench-"))
+    raw = open_store(str(work / "raw"))
+    for i in range(8):
+        (subjects, caption, a), (_, _, b) = make_sample(2 * i, 0, 64, 16), make_sample(2 * i + 1, 0, 64, 16)
+        raw.write_bytes(f"v{i}.mp4", encode_mp4(np.concatenate([a, b]), fps=8))
+        raw.write_text(f"v{i}.json", _json.dumps({"caption": caption, "subjects": [s["shape"] for s in subjects]}))
+    light = {"resources": {"cpus": 0.25}}
+    spec = load_resource({"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "b"},
+                          "spec": {"input": str(work / "raw"), "output": str(work / "out"),
+                                   "split": {"minClipSeconds": 1.0, "maxClipSeconds": 4.0},
+                                   "caption": light, "grounding": {"framesPerClip": 3, **light},
+                                   "segmentation": light, "clipScore": {"minScore": -1.0, **light}}}, CurationJob).spec
+    start = time.perf_counter()
+    clips = sum(len(split_and_filter({"video": f"v{i}.mp4"}, spec)) for i in range(8))
+    split_seconds = time.perf_counter() - start
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        from polyvivid.data.curation import curate as run_curation
+
+        start = time.perf_counter()
+        summary = run_curation(spec, progress=False)
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    return {"name": "curate", "device": "cpu x2 (local Ray)", "videos": 8, "clips": clips,
+            "clips_written": summary["clips_written"], "seconds": round(seconds, 2),
+            "clips_per_s": round(clips / seconds, 3), "split_filter_clips_per_s": round(clips / split_seconds, 3),
+            "ratio": {"pipeline/split_filter": round(split_seconds / seconds, 4)},
+            "stage_seconds": summary["stage_seconds"]}
+
+
 def clique(args) -> dict:
     """Clique consolidation of 1,000 detections: 40 subjects seen 20 times each plus 200 stray
     detections (target < 1 s), against building the similarity graph alone as the baseline."""
@@ -270,7 +317,7 @@ def clique(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, clique)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, curate, clique)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -282,7 +329,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step, "train_step": train_step, "clique": clique}
+    benchmarks = {"model_step": model_step, "train_step": train_step, "curate": curate, "clique": clique}
     for name, fn in benchmarks.items():
         if args.only and name != args.only:
             continue
