@@ -267,7 +267,7 @@ def curate(args) -> dict:
                           "spec": {"input": str(work / "raw"), "output": str(work / "out"),
                                    "split": {"minClipSeconds": 1.0, "maxClipSeconds": 4.0},
                                    "caption": light, "grounding": {"framesPerClip": 3, **light},
-                                   "segmentation": light, "clipScore": {"minScore": -1.0, **light}}}, CurationJob).spec
+                                   "segmentation": light, "clipScore": {"minScore": -1.0}}}, CurationJob).spec
     start = time.perf_counter()
     clips = sum(len(split_and_filter({"video": f"v{i}.mp4"}, spec)) for i in range(8))
     split_seconds = time.perf_counter() - start

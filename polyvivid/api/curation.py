@@ -66,6 +66,8 @@ class GroundingSpec(ApiModel):
 
 
 class SegmentationSpec(ApiModel):
+    """SAM2, and the actors that also run the CLIP check and consolidation."""
+
     model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
     resources: StageResources = Field(default_factory=StageResources)
 
@@ -73,7 +75,6 @@ class SegmentationSpec(ApiModel):
 class ClipScoreSpec(ApiModel):
     model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
     min_score: float = Field(0.2, ge=-1, le=1, description="CLIP cosine similarity of cut-out and phrase to keep it")
-    resources: StageResources = Field(default_factory=StageResources)
 
 
 class ConsolidationSpec(ApiModel):

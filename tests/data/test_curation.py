@@ -118,3 +118,34 @@ def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_pa
     again = curate(spec_for(raw_videos, out, box_filling_sam2), progress=False)
     assert again["videos_this_run"] == 0 and again["clips_written"] == 3
     assert store.read_text("manifest.jsonl") == open_store(str(out)).read_text("manifest.jsonl")
+
+
+def test_polyvivid_curate_command(raw_videos, box_filling_sam2, tmp_path):
+    """The command a RayJob runs: its own local Ray here, counts per stage printed, exit codes."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = spec_for(raw_videos, tmp_path / "cli-out", box_filling_sam2)
+    manifest = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
+                "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    path = tmp_path / "curation.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "polyvivid.cli", "curate", *a], capture_output=True,
+                                    text=True, env=env, timeout=300)
+    result = run(str(path), "--local")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dataset: " in result.stdout and "(3 clips;" in result.stdout
+    assert any(line.startswith("split") and "in     5" in line for line in result.stdout.splitlines())
+
+    manifest["spec"]["filters"]["qualityScorer"] = {"preset": "tiny"}
+    path.write_text(yaml.safe_dump(manifest))
+    result = run(str(path), "--local")
+    assert result.returncode == 2 and "not supported yet" in result.stderr.strip().splitlines()[-1]
+    manifest["spec"]["split"]["minClipSeconds"] = 10
+    path.write_text(yaml.safe_dump(manifest))
+    result = run(str(path))
+    assert result.returncode == 2 and "minClipSeconds exceeds maxClipSeconds" in result.stderr
