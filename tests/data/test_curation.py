@@ -120,26 +120,31 @@ def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_pa
     assert store.read_text("manifest.jsonl") == open_store(str(out)).read_text("manifest.jsonl")
 
 
-def test_polyvivid_curate_command(raw_videos, box_filling_sam2, tmp_path):
-    """The command a RayJob runs: its own local Ray here, counts per stage printed, exit codes."""
+def test_polyvivid_curate_command_from_and_to_s3(raw_videos, box_filling_sam2, s3_env, s3_bucket, tmp_path):
+    """The command a RayJob runs, reading raw videos from S3 and writing the dataset there: its own
+    local Ray here, counts per stage printed, exit codes."""
     import os
     import subprocess
     import sys
 
     import yaml
 
-    spec = spec_for(raw_videos, tmp_path / "cli-out", box_filling_sam2)
+    open_store(f"{s3_bucket}/raw").upload_dir(raw_videos, "")
+    spec = spec_for(f"{s3_bucket}/raw", f"{s3_bucket}/dataset", box_filling_sam2)
     manifest = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
                 "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
     path = tmp_path / "curation.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}  # s3_env set the S3 variables
     run = lambda *a: subprocess.run([sys.executable, "-m", "polyvivid.cli", "curate", *a], capture_output=True,
                                     text=True, env=env, timeout=300)
     result = run(str(path), "--local")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dataset: " in result.stdout and "(3 clips;" in result.stdout
     assert any(line.startswith("split") and "in     5" in line for line in result.stdout.splitlines())
+    dataset = SubjectVideoDataset(f"{s3_bucket}/dataset")
+    assert len(dataset) == 3
+    assert dataset.get(1, 0, 5, 32, 32, 2, torch.Generator().manual_seed(0)).video.shape == (3, 5, 32, 32)
 
     manifest["spec"]["filters"]["qualityScorer"] = {"preset": "tiny"}
     path.write_text(yaml.safe_dump(manifest))
