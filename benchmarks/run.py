@@ -271,7 +271,8 @@ def curate(args) -> dict:
     start = time.perf_counter()
     clips = sum(len(split_and_filter({"video": f"v{i}.mp4"}, spec)) for i in range(8))
     split_seconds = time.perf_counter() - start
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
     try:
         from polyvivid.data.curation import curate as run_curation
 

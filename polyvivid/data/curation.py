@@ -49,14 +49,42 @@ def done_key(video_key: str) -> str:
     return f"_done/{hashlib.sha1(video_key.encode()).hexdigest()}.json"
 
 
+_METRICS: dict = {}
+
+
+def _metrics():
+    """Prometheus metrics through Ray's metrics agent (each Ray worker process makes its own)."""
+    if not _METRICS:
+        from ray.util.metrics import Counter as RayCounter, Histogram
+
+        _METRICS["rows"] = RayCounter("polyvivid_curate_rows", "rows leaving a curation stage, by result",
+                                      tag_keys=("stage", "result"))
+        _METRICS["seconds"] = Histogram("polyvivid_curate_stage_seconds", "seconds a row spends in a stage",
+                                        boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60], tag_keys=("stage",))
+    return _METRICS
+
+
+def _record(stage: str, result: str, seconds: float | None = None) -> None:
+    try:
+        metrics = _metrics()
+    except ImportError:  # stages used without Ray (unit tests, a notebook)
+        return
+    metrics["rows"].inc(tags={"stage": stage, "result": result})
+    if seconds is not None:
+        metrics["seconds"].observe(seconds, tags={"stage": stage})
+
+
 def rejected(row: dict, stage: str, reason: str) -> dict:
     row = {k: v for k, v in row.items() if k not in ("frames",)}
     row["reject"] = {"stage": stage, "reason": reason}
+    _record(stage, "rejected")
     return row
 
 
 def _timed(row: dict, stage: str, started: float) -> dict:
-    row.setdefault("seconds", {})[stage] = round(time.perf_counter() - started, 4)
+    seconds = time.perf_counter() - started
+    row.setdefault("seconds", {})[stage] = round(seconds, 4)
+    _record(stage, "passed", seconds)
     return row
 
 
@@ -297,8 +325,11 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True) -> dic
     rows = []
     if todo:
         if not ray.is_initialized():
-            ray.init(address=None if local else (spec.ray_address or "auto"), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            if local:  # a one-machine cluster, on loopback only
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         _node_ip_address="127.0.0.1")
+            else:
+                ray.init(address=spec.ray_address or "auto", log_to_driver=False, configure_logging=False)
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = progress

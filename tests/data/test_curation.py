@@ -85,10 +85,15 @@ def spec_for(raw, out, sam2):
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """Local Ray with its Prometheus endpoint on a free loopback port; yields that port."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
+    from tests.conftest import free_port
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _metrics_export_port=port, _node_ip_address="127.0.0.1")
+    yield port
     ray.shutdown()
 
 
@@ -114,6 +119,35 @@ def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_pa
     assert letterbox.height == 48 and letterbox.width == 64  # the black bars are gone
     sample = dataset.get(0, 0, 5, 32, 32, 2, torch.Generator().manual_seed(0))
     assert sample.video.shape == (3, 5, 32, 32) and [w for w, _ in sample.subjects] == ["circle", "square"]
+
+    # Per-stage counters and durations reach Prometheus through Ray's metrics agent (~10 s later).
+    import time
+    import urllib.request
+
+    def scrape():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ray_local}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+    def totals():
+        """Counter values summed over worker processes, by (stage, result)."""
+        out = {}
+        for line in scrape().splitlines():
+            if line.startswith("ray_polyvivid_curate_rows_total{"):
+                labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.rindex("}")].split(",") if "=" in kv)
+                key = (labels["stage"].strip('"'), labels["result"].strip('"'))
+                out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+        return out
+
+    deadline = time.time() + 60
+    while totals().get(("write", "passed")) != 3 and time.time() < deadline:
+        time.sleep(2)
+    counted = totals()
+    assert counted.get(("write", "passed")) == 3 and counted.get(("filter", "rejected")) == 1, counted
+    assert counted.get(("split", "rejected")) == 1 and counted.get(("caption", "rejected")) == 1, counted
+    assert "ray_polyvivid_curate_stage_seconds_bucket" in scrape()
 
     again = curate(spec_for(raw_videos, out, box_filling_sam2), progress=False)
     assert again["videos_this_run"] == 0 and again["clips_written"] == 3
