@@ -263,7 +263,7 @@ def cmd_curate(args) -> int:
 
     try:
         summary = curate(spec, local=args.local)
-    except (StorageError, NotImplementedError) as e:
+    except StorageError as e:
         raise UsageError(str(e)) from None
     for stage, c in summary["stages"].items():
         print(f"{stage:12s} in {c['in']:5d}  out {c['out']:5d}  rejected {c['rejected']}")

@@ -47,9 +47,10 @@ class FilterSpec(ApiModel):
     black_border_threshold: float = Field(16.0, ge=0, le=255, description="mean luma under which a border row/column is black")
     min_motion: float = Field(0.5, ge=0, description="mean absolute frame difference (0-255) under which a clip is static")
     transition_threshold: float = Field(0.35, gt=0, le=2, description="histogram distance inside a clip that marks a transition")
-    subtitle_detector: ModelRef | None = None
-    watermark_detector: ModelRef | None = None
-    quality_scorer: ModelRef | None = None
+    subtitle_detector: ModelRef | None = Field(None, description="image classifier; unset: skipped")
+    watermark_detector: ModelRef | None = Field(None, description="image classifier; unset: skipped")
+    detector_threshold: float = Field(0.5, gt=0, le=1, description="mean positive probability that drops a clip")
+    quality_scorer: ModelRef | None = Field(None, description="one-output image model; unset: skipped")
     min_quality: float = 0.0
 
 

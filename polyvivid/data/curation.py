@@ -89,6 +89,22 @@ def _timed(row: dict, stage: str, started: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- 1-2
+_HOOKS: dict = {}
+
+
+def _clip_filters(spec: CurationSpec):
+    """The model hooks of the filters, loaded once per worker process (None when none is set)."""
+    f = spec.filters
+    if f.subtitle_detector is None and f.watermark_detector is None and f.quality_scorer is None:
+        return None
+    key = f.model_dump_json()
+    if key not in _HOOKS:
+        from .frame_filters import ClipFilters
+
+        _HOOKS[key] = ClipFilters(f)
+    return _HOOKS[key]
+
+
 def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
     """One video -> its clips (frames in the row) or a reject saying why."""
     started = time.perf_counter()
@@ -111,6 +127,7 @@ def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
     out = [rejected({"video": key, "clip": clip_id(key, -1 - i)}, "split",
                     f"shorter than {split.min_clip_seconds}s") for i in range(too_short)]
     filters = spec.filters
+    hooks = _clip_filters(spec)
     for i, (start, end) in enumerate(ranges):
         frames = video.frames[start:end]
         base = {"video": key, "clip": clip_id(key, i), "sidecar": sidecar}
@@ -127,6 +144,10 @@ def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
             out.append(rejected(base, "filter", f"static (motion {motion:.2f} < {filters.min_motion})"))
             continue
         frames = subsample(frames, video.fps, split.sample_fps)
+        reason = hooks.reason_to_drop(frames) if hooks is not None else None
+        if reason:
+            out.append(rejected(base, "filter", reason))
+            continue
         out.append(_timed({**base, "frames": frames, "fps": min(split.sample_fps, video.fps),
                            "border": [top, bottom, left, right]}, "split+filter", started))
     return out
@@ -311,10 +332,6 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True) -> dic
     """Run the pipeline on Ray; returns the summary (also written to OUTPUT/summary.json)."""
     import ray
 
-    unsupported = [name for name in ("subtitle_detector", "watermark_detector", "quality_scorer")
-                   if getattr(spec.filters, name) is not None]
-    if unsupported:  # say so rather than ignore a filter the user asked for
-        raise NotImplementedError(f"filters {unsupported} are not supported yet; remove them from the spec")
     started = time.perf_counter()
     source, out = open_store(spec.input), open_store(spec.output)
     videos = [k for k in source.list() if k.lower().endswith(VIDEO_EXTENSIONS)]

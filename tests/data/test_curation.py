@@ -180,10 +180,6 @@ def test_polyvivid_curate_command_from_and_to_s3(raw_videos, box_filling_sam2, s
     assert len(dataset) == 3
     assert dataset.get(1, 0, 5, 32, 32, 2, torch.Generator().manual_seed(0)).video.shape == (3, 5, 32, 32)
 
-    manifest["spec"]["filters"]["qualityScorer"] = {"preset": "tiny"}
-    path.write_text(yaml.safe_dump(manifest))
-    result = run(str(path), "--local")
-    assert result.returncode == 2 and "not supported yet" in result.stderr.strip().splitlines()[-1]
     manifest["spec"]["split"]["minClipSeconds"] = 10
     path.write_text(yaml.safe_dump(manifest))
     result = run(str(path))
