@@ -3,7 +3,8 @@ schemas and of what the workloads accept. No torch import here: the operator use
 
 from .common import API_VERSION, GROUP, ObjectMeta, SecretRef, SpecError, StorageSpec, load_resource
 from .curation import CurationJob, CurationSpec
+from .service import PolyVividService, ServiceSpec
 from .training import PolyVividTraining, TrainingSpec
 
 __all__ = ["API_VERSION", "GROUP", "ObjectMeta", "SecretRef", "SpecError", "StorageSpec", "load_resource",
-           "CurationJob", "CurationSpec", "PolyVividTraining", "TrainingSpec"]
+           "CurationJob", "CurationSpec", "PolyVividService", "ServiceSpec", "PolyVividTraining", "TrainingSpec"]

@@ -1,0 +1,94 @@
+"""PolyVividService: PolyVivid served over HTTP by Ray Serve (locally, or in a KubeRay RayService)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import API_VERSION, ApiModel, ObjectMeta, StorageSpec
+
+
+class ServedModel(ApiModel):
+    """Which weights to serve: exactly one of a PolyVividTraining's final weights, a URI, or a preset."""
+
+    training: str | None = Field(None, description="name of a PolyVividTraining whose final/ to serve once it succeeded")
+    uri: str | None = Field(None, description="a checkpoint or PolyVivid weights (path or s3:// URI)")
+    preset: Literal["tiny", "hunyuan-13b"] | None = None
+    base_model: str | None = Field(None, description="URI of the HunyuanVideo + LLaVA base, when the weights need one")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if sum(x is not None for x in (self.training, self.uri, self.preset)) != 1:
+            raise ValueError("give exactly one of training, uri or preset")
+        return self
+
+
+class Replicas(ApiModel):
+    min: int = Field(1, ge=0, le=1000)
+    max: int = Field(1, ge=1, le=1000)
+    gpus_per_replica: float = Field(1.0, ge=0, le=8)
+    max_ongoing_requests: int = Field(1, ge=1, le=64, description="generations a replica runs at once")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
+        return self
+
+
+class Limits(ApiModel):
+    max_subjects: int = Field(4, ge=1, le=8)
+    max_frames: int = Field(129, ge=1)
+    max_height: int = Field(720, ge=16, multiple_of=16)
+    max_width: int = Field(1280, ge=16, multiple_of=16)
+    max_steps: int = Field(50, ge=1)
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    queue_length: int = Field(64, ge=1, description="accepted jobs not yet finished; beyond it: 429")
+
+    @model_validator(mode="after")
+    def _frames(self):
+        if (self.max_frames - 1) % 4:
+            raise ValueError(f"maxFrames must be of the form 4k+1, got {self.max_frames}")
+        return self
+
+
+class GenerationDefaults(ApiModel):
+    num_frames: int = Field(129, ge=1)
+    height: int = Field(544, ge=16, multiple_of=16)
+    width: int = Field(960, ge=16, multiple_of=16)
+    steps: int = Field(50, ge=1)
+    guidance: float = Field(6.0, ge=0)
+    seed: int | None = None
+
+
+class TokenSecretRef(ApiModel):
+    name: str = Field(min_length=1)
+    key: str = Field("token", min_length=1)
+
+
+class ServiceSpec(ApiModel):
+    model: ServedModel
+    replicas: Replicas = Field(default_factory=Replicas)
+    limits: Limits = Field(default_factory=Limits)
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    output: str = Field(min_length=1, description="URI where job records and videos go (jobs/ID/...)")
+    api_token_secret_ref: TokenSecretRef | None = Field(None, description="Secret with a bearer token for /v1")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self):
+        d, lim = self.defaults, self.limits
+        for name, value, bound in (("numFrames", d.num_frames, lim.max_frames), ("height", d.height, lim.max_height),
+                                   ("width", d.width, lim.max_width), ("steps", d.steps, lim.max_steps)):
+            if value > bound:
+                raise ValueError(f"defaults.{name} ({value}) exceeds its limit ({bound})")
+        return self
+
+
+class PolyVividService(ApiModel):
+    api_version: Literal["polyvivid.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["PolyVividService"] = "PolyVividService"
+    metadata: ObjectMeta
+    spec: ServiceSpec
+    status: dict | None = None

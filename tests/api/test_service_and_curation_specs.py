@@ -1,0 +1,55 @@
+"""PolyVividService and CurationJob manifests: defaults and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from polyvivid.api import CurationJob, PolyVividService, SpecError, load_resource
+
+
+def service(**spec):
+    body = {"model": {"preset": "tiny"}, "output": "s3://serve/jobs"}
+    body.update(spec)
+    return {"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividService", "metadata": {"name": "s"}, "spec": body}
+
+
+def test_service_defaults():
+    spec = load_resource(service(), PolyVividService).spec
+    assert spec.replicas.min == spec.replicas.max == 1 and spec.replicas.gpus_per_replica == 1.0
+    assert spec.limits.max_subjects == 4 and spec.limits.queue_length == 64
+    assert spec.api_token_secret_ref is None
+    spec = load_resource(service(model={"training": "run-1"}, apiTokenSecretRef={"name": "tok"}), PolyVividService).spec
+    assert spec.model.training == "run-1" and spec.api_token_secret_ref.key == "token"
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(model={}), "spec.model"),
+    (dict(model={"preset": "tiny", "uri": "s3://x"}), "spec.model"),
+    (dict(replicas={"min": 3, "max": 2}), "spec.replicas"),
+    (dict(limits={"maxFrames": 128}), "spec.limits"),
+    (dict(limits={"maxHeight": 100}), "spec.limits.maxHeight"),
+    (dict(defaults={"numFrames": 257}), "defaults.numFrames (257) exceeds its limit (129)"),
+    (dict(limits={"maxRequestBytes": 10}), "spec.limits.maxRequestBytes"),
+])
+def test_invalid_services_name_the_field(change, field):
+    with pytest.raises(SpecError) as err:
+        load_resource(service(**change), PolyVividService)
+    assert field in str(err.value)
+
+
+def curation(**spec):
+    body = {"input": "s3://raw/", "output": "s3://data/set"}
+    body.update(spec)
+    return {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"}, "spec": body}
+
+
+def test_curation_defaults_and_errors():
+    spec = load_resource(curation(), CurationJob).spec
+    assert spec.caption.model.preset == "tiny" and spec.grounding.frames_per_clip == 6
+    assert spec.filters.subtitle_detector is None and spec.consolidation.max_distance == 0.3
+    with pytest.raises(SpecError, match="spec.split: Value error, minClipSeconds exceeds maxClipSeconds"):
+        load_resource(curation(split={"minClipSeconds": 30}), CurationJob)
+    with pytest.raises(SpecError, match="spec.grounding.model"):
+        load_resource(curation(grounding={"model": {"uri": "s3://m", "preset": "tiny"}}), CurationJob)
+    with pytest.raises(SpecError, match="spec.clipScore.minScore"):
+        load_resource(curation(clipScore={"minScore": 2}), CurationJob)
