@@ -158,14 +158,22 @@ def sample_frames(frames: np.ndarray, count: int) -> list[int]:
     return sorted(set(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int).tolist()))
 
 
-class CaptionStage:
+class _ModelStage:
+    """A model stage (one Ray actor): rows rejected upstream pass through untouched."""
+
+    def __call__(self, row: dict) -> dict:
+        return row if "reject" in row else self.process(row)
+
+    def process(self, row: dict) -> dict:
+        raise NotImplementedError
+
+
+class CaptionStage(_ModelStage):
     def __init__(self, spec: CurationSpec):
         self.spec = spec.caption
         self.captioner = None  # loaded on first need: clips with caption files never need it
 
-    def __call__(self, row: dict) -> dict:
-        if "reject" in row:
-            return row
+    def process(self, row: dict) -> dict:
         from .captioning import Captioner, sidecar_caption
 
         started = time.perf_counter()
@@ -192,16 +200,14 @@ class CaptionStage:
         return _timed(row, "caption", started)
 
 
-class GroundStage:
+class GroundStage(_ModelStage):
     def __init__(self, spec: CurationSpec):
         from .grounding import Grounder
 
         self.frames_per_clip = spec.grounding.frames_per_clip
         self.grounder = Grounder.load(spec.grounding.model.uri, spec.grounding.model.preset)
 
-    def __call__(self, row: dict) -> dict:
-        if "reject" in row:
-            return row
+    def process(self, row: dict) -> dict:
         started = time.perf_counter()
         detections = []
         frames = sample_frames(row["frames"], self.frames_per_clip)
@@ -215,7 +221,7 @@ class GroundStage:
         return _timed(row, "ground", started)
 
 
-class SegmentStage:
+class SegmentStage(_ModelStage):
     """SAM2 cut-outs, their CLIP score against the phrase, and clique consolidation per phrase
     (CLIP runs in the same actors as SAM2: it is small and needs the cut-outs they make)."""
 
@@ -227,9 +233,7 @@ class SegmentStage:
         self.segmenter = Segmenter.load(spec.segmentation.model.uri, spec.segmentation.model.preset)
         self.clip = ClipScorer.load(spec.clip_score.model.uri, spec.clip_score.model.preset)
 
-    def __call__(self, row: dict) -> dict:
-        if "reject" in row:
-            return row
+    def process(self, row: dict) -> dict:
         from .clique import consolidate
         from .segmentation import cut_out
 
