@@ -193,22 +193,30 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _load_training(args):
-    from .api import PolyVividTraining, SpecError, load_resource
+def _load_spec(args, kind, **updates):
+    """The manifest's spec with the command-line overrides applied (`--store` for every kind), and the
+    artifact store pointed at its S3 endpoint. Bad manifests exit 2 naming the field."""
+    from .api import SpecError, load_resource
 
     try:
-        resource = load_resource(args.spec, PolyVividTraining)
+        spec = load_resource(args.spec, kind).spec
     except SpecError as e:
         raise UsageError(f"{args.spec}: {e}") from None
-    spec = resource.spec
-    updates = {}
     if args.store:
         updates["storage"] = spec.storage.model_copy(update={"endpoint": args.store})
-    if args.metrics_port is not None:
-        updates["metrics_port"] = args.metrics_port
-    if args.dataset:
-        updates["dataset"] = spec.dataset.model_copy(update={"uri": args.dataset, "curation_job": None})
     spec = spec.model_copy(update=updates)
+    os.environ.update(spec.storage.environment())
+    return spec
+
+
+def _load_training(args):
+    from .api import PolyVividTraining
+
+    updates = {"metrics_port": args.metrics_port} if args.metrics_port is not None else {}
+    spec = _load_spec(args, PolyVividTraining, **updates)
+    if args.dataset:
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+            update={"uri": args.dataset, "curation_job": None})})
     if spec.dataset.uri is None:
         raise UsageError(f"{args.spec}: spec.dataset names CurationJob {spec.dataset.curation_job!r}; outside the "
                          "cluster give its output with --dataset URI")
@@ -219,7 +227,6 @@ def cmd_train(args) -> int:
     if args.nproc < 1 or (args.nproc > 1 and not args.local):
         raise UsageError("--nproc N needs --local (under torchrun, torchrun sets the processes)")
     spec = _load_training(args)
-    os.environ.update(spec.storage.environment())
     if args.local and args.nproc > 1:
         import subprocess
 
@@ -247,17 +254,9 @@ def _forwarded(args) -> list[str]:
 
 
 def cmd_curate(args) -> int:
-    from .api import CurationJob, SpecError, load_resource
+    from .api import CurationJob
 
-    try:
-        spec = load_resource(args.spec, CurationJob).spec
-    except SpecError as e:
-        raise UsageError(f"{args.spec}: {e}") from None
-    updates = {k: v for k, v in (("input", args.input), ("output", args.output)) if v}
-    if args.store:
-        updates["storage"] = spec.storage.model_copy(update={"endpoint": args.store})
-    spec = spec.model_copy(update=updates)
-    os.environ.update(spec.storage.environment())
+    spec = _load_spec(args, CurationJob, **{k: v for k, v in (("input", args.input), ("output", args.output)) if v})
     from .data.curation import curate
     from .storage import StorageError
 

@@ -17,7 +17,6 @@ remaining stages, and summary.json lists every reject. Each finished video leave
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 from ..api.curation import CurationSpec
 from ..storage import ObjectNotFound, StorageError, open_store
+from ..video import png_bytes
 from .dataset import MANIFEST, SampleRecord, SubjectRecord
 from .shots import (
     black_border_box, clip_ranges, decode_video, detect_shots, has_transition, motion_score, subsample,
@@ -263,19 +263,13 @@ class SegmentStage(_ModelStage):
                 reasons.append(f"{phrase!r}: no consistent detections (no clique over a third of the frames)")
                 continue
             best = sorted(cliques[0], key=lambda i: -passing[i][1])[: self.spec.consolidation.reference_images]
-            subjects.append({"phrase": phrase, "images": [_png(passing[i][0]["image"]) for i in best],
+            subjects.append({"phrase": phrase, "images": [png_bytes(passing[i][0]["image"]) for i in best],
                              "clip_score": round(float(np.mean([passing[i][1] for i in best])), 4)})
         if not subjects:
             return rejected(row, "consolidate", "; ".join(reasons) or "no subjects")
         row["subjects"] = subjects
         row["dropped_subjects"] = reasons
         return _timed(row, "consolidate", started)
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- 7

@@ -9,13 +9,11 @@ outline must survive into the video. Everything is a pure function of the seed.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
 from ..storage import ArtifactStore
-from ..video import encode_mp4
+from ..video import encode_mp4, png_bytes
 from .dataset import SampleRecord, SubjectRecord, write_manifest
 
 SHAPES = ["circle", "square", "triangle", "diamond"]
@@ -129,9 +127,7 @@ def write_synthetic_dataset(store: ArtifactStore, videos: int, seed: int = 0, si
         for k, subject in enumerate(subjects):
             image, mask = reference_image(subject)
             for folder, picture in (("subjects", image), ("masks", mask)):
-                buffer = io.BytesIO()
-                picture.save(buffer, format="PNG")
-                store.write_bytes(f"{folder}/{sample_id}_{k}.png", buffer.getvalue())
+                store.write_bytes(f"{folder}/{sample_id}_{k}.png", png_bytes(picture))
             subject_records.append(SubjectRecord(word=subject["shape"], image=f"subjects/{sample_id}_{k}.png",
                                                  mask=f"masks/{sample_id}_{k}.png"))
         records.append(SampleRecord(id=sample_id, video=f"clips/{sample_id}.mp4", caption=caption,

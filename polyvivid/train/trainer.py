@@ -164,8 +164,8 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
     pipe = build_pipeline(spec)
     transformer = pipe.transformer
     counts = transformer.freeze_base(spec.trainable)
-    own_names = [n for n, p in transformer.named_parameters() if p.requires_grad]
-    if not own_names:
+    own = {n for n, p in transformer.named_parameters() if p.requires_grad}  # what checkpoints hold
+    if not own:
         raise TrainingError(f"nothing to train: this model has no parameters in {spec.trainable}")
     if env.is_main:
         total = sum(p.numel() for p in transformer.parameters())
@@ -188,7 +188,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
     scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
     reporter = ProgressReporter(store, spec.total_steps, spec.metrics_port, metrics_addr, enabled=env.is_main)
     try:
-        resumed = load_latest_checkpoint(model, optimizer, set(own_names), env, store, scratch)
+        resumed = load_latest_checkpoint(model, optimizer, own, env, store, scratch)
     except StorageError as e:
         raise TrainingError(f"cannot read the latest checkpoint: {e}") from None
     start = resumed["step"] if resumed else 0
@@ -204,7 +204,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
                  "data_position": step * spec.global_batch_size, "seed": spec.seed,
                  "history": reporter.state["history"], "checkpoint": f"checkpoints/step-{step:08d}"}
         try:
-            name = save_checkpoint(model, optimizer, set(own_names), state, step, env, store, scratch)
+            name = save_checkpoint(model, optimizer, own, state, step, env, store, scratch)
         except StorageError as e:
             raise TrainingError(f"checkpoint at step {step} not saved ({e}); the last good one is "
                                 f"{last_checkpoint or 'none'}") from None
@@ -213,8 +213,9 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
     for step in range(start, spec.total_steps):
         plan = plan_step(spec, step)
         res = plan.resolution
+        lr = learning_rate(spec, step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec, step)
+            group["lr"] = lr
         started = time.perf_counter()
         losses = []
         for j in range(per_rank):
@@ -237,7 +238,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
                       stage_index=plan.stage_index, stage_step=plan.stage_step + 1, stage_steps=plan.stage.steps,
                       world_size=env.world_size,
                       resolution="low" if plan.low_res else "full",
-                      size=f"{res.frames}x{res.height}x{res.width}", lr=learning_rate(spec, step),
+                      size=f"{res.frames}x{res.height}x{res.width}", lr=lr,
                       samples_skipped=sum(dataset.skipped.values()))
         if env.is_main:
             log.info("step %d/%d stage %s (%s %dx%dx%d) loss %.5f %.2fs", done, spec.total_steps, plan.stage.name,

@@ -85,15 +85,13 @@ def spec_for(raw, out, sam2):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """Local Ray with its Prometheus endpoint on a free loopback port; yields that port."""
+    """Local Ray on loopback; yields the port of its Prometheus endpoint (Ray picks and binds it:
+    a port chosen beforehand can be taken by one of Ray's own components while it starts)."""
     import ray
 
-    from tests.conftest import free_port
-
-    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _metrics_export_port=port, _node_ip_address="127.0.0.1")
-    yield port
+             _node_ip_address="127.0.0.1")
+    yield ray.nodes()[0]["MetricsExportPort"]
     ray.shutdown()
 
 
