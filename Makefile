@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,curation,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,curation,serve,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,8 +33,8 @@ def _subject(value: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="polyvivid",
-        description="PolyVivid: multi-subject video customization (generation, and later training, "
-                    "curation and serving).",
+        description="PolyVivid: multi-subject video customization: generation, training, data curation "
+                    "and serving.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -115,6 +115,49 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth_data)
 
+    srv = sub.add_parser(
+        "serve", help="serve a PolyVividService over HTTP (Ray Serve)",
+        description="Run the PolyVividService in SPEC: an HTTP API (POST /v1/videos, GET /v1/videos/ID, "
+                    "GET /v1/videos/ID/content, DELETE /v1/videos/ID, /healthz, /readyz, OpenAPI at /docs) in "
+                    "front of generator replicas holding the model. --local starts Ray and Serve on 127.0.0.1 "
+                    "and serves until Ctrl-C; --print-config prints the serveConfigV2 a RayService runs. "
+                    "With spec.apiTokenSecretRef, the token comes from $POLYVIVID_API_TOKEN.",
+        epilog="example: polyvivid serve service.yaml --local --port 8000 --model out/run1/final",
+    )
+    srv.add_argument("spec", help="PolyVividService YAML")
+    mode = srv.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--local", action="store_true", help="start Ray + Serve here, on 127.0.0.1")
+    mode.add_argument("--print-config", action="store_true", help="print the Serve config (serveConfigV2) as YAML")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port for --local (default 8000)")
+    srv.add_argument("--model", metavar="DIR_OR_URI",
+                     help="weights to serve, overriding spec.model (e.g. a training run's final/)")
+    srv.add_argument("--output", help="where job records and videos go, overriding spec.output")
+    srv.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    srv.set_defaults(run=cmd_serve)
+
+    req = sub.add_parser(
+        "request", help="ask a PolyVivid server for a video and download it",
+        description="POST a prompt and subject images to a PolyVivid server, follow the job with a progress "
+                    "bar, and write the mp4. Settings left out take the service's defaults. A token, when the "
+                    "service needs one, is read from the environment variable named by --token-env.",
+        epilog="example: polyvivid request http://127.0.0.1:8000 --prompt 'A man plays the guitar' "
+               "--subject man=man.png --subject guitar=guitar.png --output out/video.mp4",
+    )
+    req.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    req.add_argument("--prompt", required=True, help="what happens; every subject WORD must appear in it")
+    req.add_argument("--subject", action="append", type=_subject, default=[], metavar="WORD=IMAGE",
+                     help="a subject: its word in the prompt and an image file (PNG/JPEG); repeat per subject")
+    for flag, kind, what in (("--num-frames", int, "frames, 4k+1"), ("--height", int, "pixels"),
+                             ("--width", int, "pixels"), ("--steps", int, "denoising steps"),
+                             ("--guidance", float, "guidance scale"), ("--seed", int, "random seed")):
+        req.add_argument(flag, type=kind, help=f"{what} (default: the service's)")
+    req.add_argument("--output", required=True, help="the mp4 to write")
+    req.add_argument("--token-env", default="POLYVIVID_API_TOKEN", help="environment variable holding the token")
+    req.add_argument("--wait-ready", type=float, default=0, metavar="SECONDS",
+                     help="first wait up to SECONDS for the server to be ready (default 0: don't wait)")
+    req.add_argument("--timeout", type=float, default=3600, help="give up after SECONDS (default 3600)")
+    req.set_defaults(run=cmd_request)
+
     samples = sub.add_parser("sample-subjects", help="write drawn sample subject images (for the demo)",
                              description="Write PNG drawings of a man, a guitar, a tiger and a dog to DIR.")
     samples.add_argument("--out", required=True, help="directory to write WORD.png files into")
@@ -140,7 +183,7 @@ def _load_subject_images(subjects: list[tuple[str, str]]):
 
 def cmd_generate(args) -> int:
     from .model.presets import get_preset
-    from .model.pipeline import InvalidRequest, validate_request
+    from .model.request import InvalidRequest, validate_request
 
     words = [w for w, _ in args.subject]
     if len(set(w.lower() for w in words)) != len(words):
@@ -287,6 +330,66 @@ def cmd_synth_data(args) -> int:
     except StorageError as e:
         raise UsageError(f"out: {e}") from None
     print(f"dataset: {store.uri('manifest.jsonl')} ({args.videos} clips)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .api import PolyVividService
+    from .serve.config import TOKEN_ENV, serve_config_v2
+
+    updates = {"output": args.output} if args.output else {}
+    spec = _load_spec(args, PolyVividService, **updates)
+    if args.model is None and spec.model.training is not None:
+        raise UsageError(f"{args.spec}: spec.model names PolyVividTraining {spec.model.training!r}; outside the "
+                         "cluster give its final/ with --model URI")
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(serve_config_v2(spec, args.model), sort_keys=False), end="")
+        return 0
+    if spec.api_token_secret_ref is not None and not os.environ.get(TOKEN_ENV):
+        raise UsageError(f"{args.spec}: spec.apiTokenSecretRef names Secret {spec.api_token_secret_ref.name!r}; "
+                         f"locally put the token in ${TOKEN_ENV}")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a port")
+    from .serve.local import serve_local
+
+    serve_local(spec, args.model, args.port, on_ready=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_request(args) -> int:
+    from .serve.client import ApiError, Client
+
+    images = {}
+    for word, path in args.subject:
+        if not os.path.isfile(path):
+            raise UsageError(f"subject {word!r}: image not found: {path}")
+        images[word] = Path(path).read_bytes()
+    client = Client(args.url, token=os.environ.get(args.token_env))
+    from tqdm import tqdm
+
+    try:
+        if args.wait_ready:
+            client.wait_ready(args.wait_ready)
+        job = client.submit(args.prompt, images, num_frames=args.num_frames, height=args.height,
+                            width=args.width, steps=args.steps, guidance=args.guidance, seed=args.seed)
+        print(f"job {job['id']} queued")
+        with tqdm(total=100, desc="generating", unit="%") as bar:
+            def show(status):
+                bar.set_postfix_str(status["status"])
+                bar.update(round(100 * status["progress"]) - bar.n)
+
+            final = client.wait(job["id"], timeout_s=args.timeout, on_progress=show)
+        if final["status"] != "succeeded":
+            raise UsageError(f"job {job['id']} {final['status']}: {final.get('error') or ''}".rstrip(": "))
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_bytes(client.download(job["id"]))
+    except ApiError as e:
+        raise UsageError(f"{args.url}: {e}") from None
+    except (OSError, TimeoutError) as e:
+        raise UsageError(f"{args.url}: {e}") from None
+    print(f"video: {args.output}")
     return 0
 
 

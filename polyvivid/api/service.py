@@ -28,6 +28,7 @@ class Replicas(ApiModel):
     min: int = Field(1, ge=0, le=1000)
     max: int = Field(1, ge=1, le=1000)
     gpus_per_replica: float = Field(1.0, ge=0, le=8)
+    cpus_per_replica: float = Field(1.0, ge=0, le=256, description="Ray logical CPUs reserved per generator replica")
     max_ongoing_requests: int = Field(1, ge=1, le=64, description="generations a replica runs at once")
 
     @model_validator(mode="after")

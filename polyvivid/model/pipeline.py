@@ -15,7 +15,6 @@ Ways to get one:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,32 +30,10 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from .fusion import TextImageFusion, encode_subject_images
 from .presets import get_preset
+from .request import InvalidRequest, validate_request  # noqa: F401  (re-exported)
 from .transformer import POLYVIVID_WEIGHTS, PolyVividTransformer
 
 PIPELINE_CARD = "polyvivid_pipeline.json"  # marks a PolyVivid-weights-only directory (see load_pipeline)
-
-
-class InvalidRequest(ValueError):
-    """A generation request that cannot be run as given; the message names the argument."""
-
-
-def validate_request(prompt: str, words: list[str], num_frames: int, height: int, width: int,
-                     max_subjects: int, spatial_multiple: int = 16) -> None:
-    if not prompt.strip():
-        raise InvalidRequest("prompt: must not be empty")
-    if len(words) > max_subjects:
-        raise InvalidRequest(f"subjects: {len(words)} given, this model supports at most {max_subjects}")
-    for word in words:
-        if not word.strip():
-            raise InvalidRequest("subject: the word must not be empty")
-        # A whole word (or phrase) of the prompt: "man" is not in "woman".
-        if not re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", prompt, flags=re.IGNORECASE):
-            raise InvalidRequest(f"subject {word!r} does not appear in the prompt")
-    if num_frames < 1 or (num_frames - 1) % 4:
-        raise InvalidRequest(f"num_frames: must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}")
-    for name, value in (("height", height), ("width", width)):
-        if value <= 0 or value % spatial_multiple:
-            raise InvalidRequest(f"{name}: must be a positive multiple of {spatial_multiple}, got {value}")
 
 
 def _image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -277,9 +254,13 @@ def write_polyvivid_card(directory: str | Path, base: dict[str, Any], transforme
     return path
 
 
-def load_pipeline(ref: str, torch_dtype: torch.dtype = torch.float32) -> PolyVividPipeline:
+def load_pipeline(ref: str, torch_dtype: torch.dtype = torch.float32, base: str | None = None) -> PolyVividPipeline:
     """A pipeline from a preset name, or a directory / s3:// URI holding either a whole checkpoint
-    (model_index.json) or PolyVivid weights with their card (polyvivid_pipeline.json)."""
+    (model_index.json) or PolyVivid weights with their card (polyvivid_pipeline.json).
+
+    base: where the card's base model lives now (a directory or URI with hunyuanvideo/ and llava/),
+    for weights trained on a base that has since moved (e.g. a cluster's own copy).
+    """
     from ..storage import materialize_dir
     from .presets import PRESETS
 
@@ -293,7 +274,9 @@ def load_pipeline(ref: str, torch_dtype: torch.dtype = torch.float32) -> PolyViv
         raise FileNotFoundError(f"{ref} is neither a PolyVivid checkpoint (model_index.json) "
                                 f"nor PolyVivid weights ({PIPELINE_CARD})")
     card = json.loads(card_path.read_text())
-    base, options = card["base"], card.get("transformer_options", {})
+    options = card.get("transformer_options", {})
+    base = {"hunyuanvideo": f"{base.rstrip('/')}/hunyuanvideo", "llava": f"{base.rstrip('/')}/llava"} if base \
+        else card["base"]
     if "preset" in base:
         pipe = PolyVividPipeline.from_preset(base["preset"], seed=base.get("seed", 0), **options)
     else:

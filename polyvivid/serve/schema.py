@@ -1,0 +1,175 @@
+"""The HTTP API's bodies and every check a request passes before it becomes a job.
+
+No torch and no Ray here: the ingress runs these checks, and the tests call them directly.
+Every failure is a `RequestRejected` naming the field, which the ingress turns into a 4xx JSON body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..api.service import GenerationDefaults, Limits
+from ..model.request import InvalidRequest, validate_request
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}
+MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard: checked from the header, before decoding
+MAX_PROMPT_CHARS = 2000
+
+
+class RequestRejected(Exception):
+    """A request the API refuses: HTTP status, a machine-readable code, the field at fault, a message."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.field, self.message, self.headers = status, code, field, message, headers
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SubjectIn(_Body):
+    name: str = Field(min_length=1, max_length=100, description="the subject's word or phrase in the prompt")
+    image: str = Field(min_length=1, description="the subject's image, base64 PNG or JPEG")
+
+
+class VideoRequest(_Body):
+    """POST /v1/videos. Omitted settings take the service's defaults."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    subjects: list[SubjectIn] = Field(default_factory=list)
+    num_frames: int | None = Field(None, description="of the form 4k+1")
+    height: int | None = Field(None, description="pixels, a multiple of 16")
+    width: int | None = Field(None, description="pixels, a multiple of 16")
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobState
+
+
+class JobView(BaseModel):
+    """GET /v1/videos/{id}."""
+
+    id: str
+    status: JobState
+    progress: float = Field(ge=0, le=1)
+    error: str | None = None
+    video_url: str | None = None
+    created_at: float
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    image: bytes   # the client's bytes as sent, checked to be a PNG or JPEG
+    extension: str  # png | jpg
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A checked request with the defaults filled in: what a job record stores."""
+
+    prompt: str
+    subjects: tuple[Subject, ...]
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int
+
+    def settings(self) -> dict:
+        return {"prompt": self.prompt, "subjects": [s.name for s in self.subjects], "num_frames": self.num_frames,
+                "height": self.height, "width": self.width, "steps": self.steps, "guidance": self.guidance,
+                "seed": self.seed}
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def parse_body(raw: bytes) -> VideoRequest:
+    try:
+        return VideoRequest.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = _field_path(first["loc"]) or None
+        if first["type"] == "json_invalid":
+            raise RequestRejected(400, "invalid_json", f"body is not valid JSON: {first['msg']}") from None
+        raise RequestRejected(422, "invalid_request", f"{field or 'body'}: {first['msg']}", field) from None
+
+
+def check_image(data: str, field: str) -> tuple[bytes, str]:
+    """Base64 -> bytes, accepted only if the bytes are a PNG or JPEG of sane dimensions."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestRejected(422, "invalid_image", f"{field}: not valid base64", field) from None
+    try:
+        with Image.open(io.BytesIO(raw)) as img:  # reads the header only
+            fmt, (w, h) = img.format, img.size
+            if fmt not in IMAGE_FORMATS:
+                raise RequestRejected(422, "invalid_image", f"{field}: a {fmt} image; send PNG or JPEG", field)
+            if w * h > MAX_IMAGE_PIXELS:
+                raise RequestRejected(413, "image_too_large",
+                                      f"{field}: {w}x{h} pixels, at most {MAX_IMAGE_PIXELS} accepted", field)
+            img.load()  # a truncated or corrupt file fails here, not in the generator
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise RequestRejected(422, "invalid_image", f"{field}: not a readable PNG or JPEG image ({e.__class__.__name__})",
+                              field) from None
+    return raw, IMAGE_FORMATS[fmt]
+
+
+def check_request(req: VideoRequest, limits: Limits, defaults: GenerationDefaults, seed: int) -> Generation:
+    """The request against the service's limits, with defaults filled in (seed: used when none given)."""
+    if len(req.subjects) > limits.max_subjects:
+        raise RequestRejected(422, "too_many_subjects",
+                              f"subjects: {len(req.subjects)} given, this service accepts at most {limits.max_subjects}",
+                              "subjects")
+    names = [s.name.strip().lower() for s in req.subjects]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise RequestRejected(422, "invalid_request", f"subjects[{i}].name: {req.subjects[i].name!r} given twice",
+                                  f"subjects[{i}].name")
+    gen = dict(num_frames=req.num_frames or defaults.num_frames, height=req.height or defaults.height,
+               width=req.width or defaults.width, steps=req.steps or defaults.steps)
+    for name, value, bound in (("num_frames", gen["num_frames"], limits.max_frames),
+                               ("height", gen["height"], limits.max_height), ("width", gen["width"], limits.max_width),
+                               ("steps", gen["steps"], limits.max_steps)):
+        if value < 1 or value > bound:
+            raise RequestRejected(422, "out_of_limits", f"{name}: {value} is outside 1..{bound}", name)
+    guidance = defaults.guidance if req.guidance is None else req.guidance
+    if not 0 <= guidance <= 30:
+        raise RequestRejected(422, "out_of_limits", f"guidance: {guidance} is outside 0..30", "guidance")
+    try:
+        validate_request(req.prompt, [s.name for s in req.subjects], gen["num_frames"], gen["height"], gen["width"],
+                         limits.max_subjects)
+    except InvalidRequest as e:
+        message = str(e) if str(e).startswith(e.field) else f"{e.field}: {e}"
+        raise RequestRejected(422, "invalid_request", message, e.field) from None
+    subjects = tuple(Subject(s.name.strip(), *check_image(s.image, f"subjects[{i}].image"))
+                     for i, s in enumerate(req.subjects))
+    chosen_seed = req.seed if req.seed is not None else (defaults.seed if defaults.seed is not None else seed)
+    return Generation(prompt=req.prompt, subjects=subjects, guidance=float(guidance), seed=chosen_seed, **gen)

@@ -1,0 +1,208 @@
+"""The HTTP API of a real local Ray Serve deployment (tiny preset, SeaweedFS S3 as the store).
+
+One server process for the module; the requests go over HTTP to it, exactly as a user's would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+from minio import Minio
+
+from polyvivid.samples import draw_subject
+from polyvivid.serve.client import ApiError
+from polyvivid.storage import S3Settings, open_store
+from polyvivid.video import decode_mp4, png_bytes
+
+from .conftest import running_server, service_manifest, write_manifest
+
+TOKEN = "s3cr3t-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def server(s3_server, tmp_path_factory):
+    s3 = s3_server
+    Minio(s3["endpoint"].split("://")[1], s3["access_key"], s3["secret_key"], secure=False).make_bucket("serving")
+    spec = write_manifest(tmp_path_factory.mktemp("serve") / "service.yaml", service_manifest(
+        "s3://serving/svc", apiTokenSecretRef={"name": "polyvivid-api", "key": "token"}))
+    env = {"POLYVIVID_S3_ENDPOINT": s3["endpoint"], "AWS_ACCESS_KEY_ID": s3["access_key"],
+           "AWS_SECRET_ACCESS_KEY": s3["secret_key"], "POLYVIVID_API_TOKEN": TOKEN}
+    with running_server(spec, env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {word: png_bytes(draw_subject(word)) for word in ("man", "guitar")}
+
+
+@pytest.fixture(scope="module")
+def store(s3_server):
+    settings = S3Settings.from_env(s3_server["endpoint"], s3_server["access_key"], s3_server["secret_key"])
+    return open_store("s3://serving/svc", settings=settings)
+
+
+PROMPT = "A man plays the guitar on a stage"
+
+
+def test_submit_poll_and_download_an_mp4_of_the_requested_size(server, images, store):
+    client = server.client(TOKEN)
+    job = client.submit(PROMPT, images, num_frames=9, height=48, width=64, steps=3, seed=1)
+    assert job["status"] == "queued" and len(job["id"]) == 32
+    seen = []
+    final = client.wait(job["id"], poll_s=0.1, timeout_s=120, on_progress=lambda s: seen.append(s["progress"]))
+    assert final["status"] == "succeeded" and final["progress"] == 1.0 and final["error"] is None, final
+    assert seen == sorted(seen) and 0 <= seen[0] < 1
+    frames = decode_mp4(client.download(job["id"]))
+    assert frames.shape == (9, 48, 64, 3)
+    # video_url is presigned: fetchable with no credentials at all
+    assert "X-Amz-Signature=" in final["video_url"]
+    with urllib.request.urlopen(final["video_url"]) as resp:
+        assert decode_mp4(resp.read()).shape == (9, 48, 64, 3)
+    # the record and the inputs live in the store, not in a replica
+    record = json.loads(store.read_text(f"jobs/{job['id']}/job.json"))
+    assert record["status"] == "succeeded" and record["request"]["steps"] == 3 and record["request"]["seed"] == 1
+    assert store.read_bytes(record["request"]["subjects"][1]["image"]) == images["guitar"]
+
+
+def test_defaults_apply_and_the_openapi_document_describes_the_body(server, images):
+    client = server.client(TOKEN)
+    job = client.submit("A man waves", {"man": images["man"]}, steps=2)
+    final = client.wait(job["id"], poll_s=0.1, timeout_s=120)
+    assert decode_mp4(client.download(job["id"])).shape == (9, 64, 64, 3), final  # defaults: 9 frames, 64x64
+    status, raw, _ = client.request("GET", "/openapi.json")
+    schema = json.loads(raw)
+    body = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"prompt", "subjects", "num_frames", "seed"} <= set(body["properties"])
+    assert client.request("GET", "/docs")[0] == 200
+
+
+def _post(client, body, content_type="application/json"):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, data, headers = client.request("POST", "/v1/videos", raw, headers={"Content-Type": content_type})
+    return status, json.loads(data), headers
+
+
+def test_bad_inputs_get_4xx_json_naming_the_field_and_create_no_job(server, images, store):
+    client = server.client(TOKEN)
+    before = [k for k in store.list("jobs/") if k.endswith("job.json")]
+    good = lambda **c: {"prompt": PROMPT, "subjects": [{"name": "man", "image": base64.b64encode(
+        images["man"]).decode()}], **c}
+    cases = [
+        (b"{oops", 400, "invalid_json", None),
+        (good(subjects=[{"name": "man", "image": base64.b64encode(b"GIF89a....").decode()}]), 422, "invalid_image",
+         "subjects[0].image"),
+        (good(subjects=[{"name": "man", "image": "not base64!"}]), 422, "invalid_image", "subjects[0].image"),
+        (good(prompt="a man, a dog and a guitar", subjects=[{"name": n, "image": base64.b64encode(
+            images["man"]).decode()} for n in ("man", "dog", "guitar")]), 422, "too_many_subjects", "subjects"),
+        (good(prompt="A tiger sleeps"), 422, "invalid_request", "subjects[0].name"),
+        (good(num_frames=33), 422, "out_of_limits", "num_frames"),
+        (good(height=128), 422, "out_of_limits", "height"),
+        (good(width=50), 422, "invalid_request", "width"),
+        (good(steps=100), 422, "out_of_limits", "steps"),
+        (good(url="http://example.com/man.png"), 422, "invalid_request", "url"),  # no URL fetching, ever
+        (json.dumps(good(prompt="x" * 250_000)).encode(), 413, "request_too_large", None),
+    ]
+    for body, status, code, field in cases:
+        got, error, _ = _post(client, body)
+        assert (got, error["error"]["code"], error["error"]["field"]) == (status, code, field), (body[:80], error)
+    got, error, _ = _post(client, good(), content_type="text/plain")
+    assert got == 415 and error["error"]["code"] == "unsupported_media_type"
+    for path in ("/v1/videos/0123456789abcdef0123456789abcdef", "/v1/videos/..%2F..%2Fsecrets"):
+        status, data, _ = client.request("GET", path)
+        assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
+    after = [k for k in store.list("jobs/") if k.endswith("job.json")]
+    assert after == before
+
+
+def test_a_token_is_required_on_v1_routes(server, images):
+    job = server.client(TOKEN).submit(PROMPT, images, steps=1)
+    for client in (server.client(None), server.client("wrong-token")):
+        for method, path, body in (("POST", "/v1/videos", {"prompt": PROMPT}), ("GET", f"/v1/videos/{job['id']}", None),
+                                   ("GET", f"/v1/videos/{job['id']}/content", None),
+                                   ("DELETE", f"/v1/videos/{job['id']}", None)):
+            status, data, headers = client.request(method, path, body)
+            assert status == 401 and json.loads(data)["error"]["code"] == "unauthorized", (method, path)
+            assert headers["www-authenticate"] == "Bearer"
+        assert client.request("GET", "/healthz")[0] == 200  # probes need no token
+    assert server.client(TOKEN).wait(job["id"], timeout_s=120)["status"] == "succeeded"
+
+
+def test_cancel_a_running_and_a_queued_job(server, images):
+    client = server.client(TOKEN)
+    running = client.submit(PROMPT, images, num_frames=17, steps=8)
+    queued = client.submit(PROMPT, images, num_frames=17, steps=8)
+    while client.status(running["id"])["status"] == "queued":
+        time.sleep(0.05)
+    assert client.cancel(queued["id"])["status"] == "cancelled"  # not started: cancelled at once
+    client.cancel(running["id"])
+    final = client.wait(running["id"], poll_s=0.1, timeout_s=60)
+    assert final["status"] == "cancelled" and final["progress"] < 1 and final["video_url"] is None
+    assert client.wait(queued["id"], timeout_s=60)["status"] == "cancelled"
+    with pytest.raises(ApiError) as e:
+        client.cancel(queued["id"])
+    assert e.value.status == 409
+    status, data, _ = client.request("GET", f"/v1/videos/{queued['id']}/content")
+    assert status == 409 and json.loads(data)["error"]["code"] == "not_ready"
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Series name with labels -> value (summed over replicas' processes)."""
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(url) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("ray_polyvivid_"):
+                name, labels = line.split("{")[0], line[line.find("{"):line.rfind("}") + 1]
+                reason = [kv for kv in labels.strip("{}").split(",") if kv.startswith("reason=")]
+                key = name + (f"[{reason[0]}]" if reason else "")
+                out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_eight_concurrent_clients_past_a_queue_of_four_lose_nothing(server, images, store):
+    """Each client submits once; a 429 (queue full) makes it retry after a pause. All eight jobs end
+    succeeded, no accepted job is lost, and the refusals show in the metrics."""
+    client_for = lambda: server.client(TOKEN)
+    results, refusals, lock = {}, [], threading.Lock()
+
+    def one_client(i: int):
+        client = client_for()
+        while True:
+            try:
+                job = client.submit(PROMPT, images, num_frames=17, steps=6, seed=i)
+                break
+            except ApiError as e:
+                assert e.status == 429 and e.code == "queue_full" and e.retry_after, e
+                with lock:
+                    refusals.append(i)
+                time.sleep(0.5)
+        results[i] = client.wait(job["id"], poll_s=0.2, timeout_s=300)
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=400)
+    assert sorted(results) == list(range(8))
+    assert all(r["status"] == "succeeded" for r in results.values()), results
+    assert refusals, "with 8 clients and a queue of 4, some submissions must have been refused"
+    ids = {r["id"] for r in results.values()}
+    assert len(ids) == 8 and all(store.exists(f"jobs/{i}/video.mp4") for i in ids)
+
+    assert server.metrics_url, server.log()
+    deadline, metrics = time.time() + 60, {}
+    while time.time() < deadline:  # Ray exports custom metrics every few seconds
+        metrics = _scrape(server.metrics_url)
+        if metrics.get('ray_polyvivid_request_rejections_total[reason="queue_full"]', 0) >= len(refusals) \
+                and metrics.get("ray_polyvivid_videos_generated_total", 0) >= 8:
+            break
+        time.sleep(2)
+    assert metrics.get('ray_polyvivid_request_rejections_total[reason="queue_full"]', 0) >= len(refusals), metrics
+    assert metrics.get("ray_polyvivid_videos_generated_total", 0) >= 8, metrics
+    assert metrics.get("ray_polyvivid_generation_seconds_count", 0) >= 8, metrics
+    assert "ray_polyvivid_jobs_inflight" in metrics, metrics
