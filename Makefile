@@ -6,6 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= out
+PORT       ?= 8000
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -22,13 +23,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,curation,serve,test]"
 	touch $(STAMP)
 
+# The whole local flow: synthetic data -> tiny training -> Ray Serve -> HTTP request -> out/demo.mp4.
 demo: $(STAMP)
-	$(VENV)/bin/polyvivid sample-subjects --out $(OUT)/subjects
-	$(VENV)/bin/polyvivid generate --preset tiny \
-	  --prompt "A man plays the guitar in a park" \
-	  --subject man=$(OUT)/subjects/man.png --subject guitar=$(OUT)/subjects/guitar.png \
-	  --num-frames 9 --height 64 --width 64 --steps 4 --seed 0 \
-	  --output $(OUT)/demo.mp4
+	BIN=$(VENV)/bin OUT=$(OUT) PORT=$(PORT) scripts/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

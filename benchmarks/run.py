@@ -315,10 +315,112 @@ def clique(args) -> dict:
             "target_seconds": 1.0, "pass": seconds < 1.0}
 
 
+SERVE_REQUEST = dict(num_frames=17, height=256, width=256, steps=8, seed=0)  # ~3 s on 2 CPU cores
+
+
+def serve(args) -> dict:
+    """End-to-end HTTP latency of a tiny generation through local Ray Serve (submit, long-poll the job,
+    download the mp4) against the same pipeline call in this process (target ratio <= 1.15 for a
+    generation of >= 2 s); then jobs/s for 4 concurrent jobs with 1 and with 2 generator replicas
+    sharing the machine's cores."""
+    import os
+    import socket
+    import tempfile
+    import threading
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve as ray_serve
+
+    from polyvivid.api import PolyVividService, load_resource
+    from polyvivid.model.pipeline import PolyVividPipeline
+    from polyvivid.samples import draw_subject
+    from polyvivid.serve.app import build_app
+    from polyvivid.serve.client import Client
+    from polyvivid.serve.config import APP_NAME, serve_config_args
+    from polyvivid.video import png_bytes
+
+    cores = os.cpu_count() or 2
+    prompt, words = "A man plays the guitar", ("man", "guitar")
+    req = SERVE_REQUEST
+    pipe = PolyVividPipeline.from_preset("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    subjects = [(w, draw_subject(w)) for w in words]
+    direct = []
+    for _ in range(args.serve_repeats + 1):  # the first call warms up
+        start = time.perf_counter()
+        pipe(prompt, subjects, num_frames=req["num_frames"], height=req["height"], width=req["width"],
+             num_inference_steps=req["steps"], guidance_scale=6.0, generator=torch.Generator().manual_seed(0))
+        direct.append(time.perf_counter() - start)
+    direct_s = statistics.median(direct[1:])
+    del pipe
+
+    def spec(replicas: int):
+        return load_resource({"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividService",
+                              "metadata": {"name": "bench"}, "spec": {
+                                  "model": {"preset": "tiny"}, "output": tempfile.mkdtemp(prefix="polyvivid-serve-"),
+                                  "replicas": {"min": replicas, "max": replicas, "gpusPerReplica": 0,
+                                               "cpusPerReplica": cores / replicas},
+                                  "limits": {"maxFrames": 33, "maxHeight": 256, "maxWidth": 256, "maxSteps": 8},
+                                  "defaults": {"numFrames": 17, "height": 256, "width": 256, "steps": 8}}},
+                             PolyVividService).spec
+
+    images = {w: png_bytes(img) for w, img in subjects}
+    with socket.socket() as probe:  # a free loopback port for Serve's HTTP proxy
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+        client = Client(f"http://127.0.0.1:{port}")
+
+        in_replica = []
+
+        def one_job() -> float:
+            start = time.perf_counter()
+            job = client.submit(prompt, images, **req)
+            final = client.wait(job["id"], poll_s=1.0)  # long polls: answered when the job ends
+            assert final["status"] == "succeeded", final
+            client.download(job["id"])
+            in_replica.append(final["finished_at"] - final["started_at"])
+            return time.perf_counter() - start
+
+        def throughput(jobs: int = 4) -> float:
+            start = time.perf_counter()
+            threads = [threading.Thread(target=one_job) for _ in range(jobs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return jobs / (time.perf_counter() - start)
+
+        ray_serve.run(build_app(serve_config_args(spec(1))), name=APP_NAME, route_prefix="/")
+        client.wait_ready(120)
+        http = [one_job() for _ in range(args.serve_repeats + 1)]
+        http_s, replica_s = statistics.median(http[1:]), statistics.median(in_replica[1:])
+        one_replica = throughput()
+        ray_serve.delete(APP_NAME)  # an in-place update would start the new replicas before the old free the CPUs
+        ray_serve.run(build_app(serve_config_args(spec(2))), name=APP_NAME, route_prefix="/")
+        client.wait_ready(120)
+        one_job()  # warm both replicas' first call
+        two_replicas = throughput()
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+    ratio = http_s / direct_s
+    return {"name": "serve", "device": f"cpu x{cores} (local Ray Serve)", "request": req,
+            "seconds": {"in_process": round(direct_s, 3), "http_end_to_end": round(http_s, 3),
+                        "in_replica_start_to_stored": round(replica_s, 3)},
+            "ratio": {"http/in_process": round(ratio, 4)},
+            "jobs_per_s": {"1_replica": round(one_replica, 3), "2_replicas": round(two_replicas, 3)},
+            "target_ratio": 1.15, "pass": bool(ratio <= 1.15 and direct_s >= 2.0)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, curate, clique)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, curate, clique, serve)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -329,8 +431,10 @@ def main(argv=None) -> int:
     parser.add_argument("--subjects", type=int, default=2)
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--serve-repeats", type=int, default=3, help="timed HTTP requests in the serve bench")
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step, "train_step": train_step, "curate": curate, "clique": clique}
+    benchmarks = {"model_step": model_step, "train_step": train_step, "curate": curate, "clique": clique,
+                  "serve": serve}
     for name, fn in benchmarks.items():
         if args.only and name != args.only:
             continue

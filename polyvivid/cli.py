@@ -337,8 +337,14 @@ def cmd_serve(args) -> int:
     from .api import PolyVividService
     from .serve.config import TOKEN_ENV, serve_config_v2
 
-    updates = {"output": args.output} if args.output else {}
+    def absolute(ref):  # Ray replicas do not share this process's working directory
+        return ref if ref is None or "://" in ref or ref in ("tiny", "hunyuan-13b") else os.path.abspath(ref)
+
+    updates = {"output": absolute(args.output)} if args.output else {}
     spec = _load_spec(args, PolyVividService, **updates)
+    if "://" not in spec.output:
+        spec = spec.model_copy(update={"output": absolute(spec.output)})
+    args.model = absolute(args.model) or absolute(spec.model.uri)
     if args.model is None and spec.model.training is not None:
         raise UsageError(f"{args.spec}: spec.model names PolyVividTraining {spec.model.training!r}; outside the "
                          "cluster give its final/ with --model URI")

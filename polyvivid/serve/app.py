@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,6 +41,7 @@ log = logging.getLogger("polyvivid.serve")
 
 FPS = 24
 RETRY_AFTER_S = 5
+MAX_WAIT_S = 60  # longest long poll on GET /v1/videos/{id}?wait=
 
 
 def _spec(args: dict) -> ServiceSpec:
@@ -72,6 +73,7 @@ class Generator:
             torch.set_num_threads(max(1, int(spec.replicas.cpus_per_replica)))
         self.pipe = load_pipeline(self.model_ref, torch_dtype=dtype, base=spec.model.base_model)
         self.pipe.to(device=self.device)
+        self.pipe.set_progress_bar_config(disable=True)  # progress goes to the job record instead
         self.generated = Counter("polyvivid_videos_generated", "videos generated successfully")
         self.seconds = Histogram("polyvivid_generation_seconds", "seconds from start of generation to stored video",
                                  boundaries=[0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600])
@@ -179,7 +181,7 @@ class Ingress:
             raise RuntimeError(f"the spec names an API token Secret but {TOKEN_ENV} is not set in this replica")
         self.inflight: dict[str, Any] = {}  # job id -> DeploymentResponse, for jobs not yet finished
         self._accepting = 0  # requests past the queue check whose record is being written
-        self._tasks: set[asyncio.Task] = set()
+        self._followers: dict[str, asyncio.Task] = {}  # job id -> the task awaiting its generator call
         self._recovered = False
         self._model: str | None = None  # what a generator answered it serves, once one did
         self.inflight_gauge = Gauge("polyvivid_jobs_inflight", "accepted jobs not yet finished")
@@ -193,8 +195,8 @@ class Ingress:
         self.inflight[job_id] = response
         self.inflight_gauge.set(len(self.inflight))
         task = asyncio.get_running_loop().create_task(self._follow(job_id, response))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._followers[job_id] = task
+        task.add_done_callback(lambda _: self._followers.pop(job_id, None))
 
     async def _follow(self, job_id: str, response) -> None:
         """Wait for the generator; if it never recorded an end (cancelled in the queue, replica died),
@@ -267,7 +269,7 @@ class Ingress:
             url = self.jobs.store.url(key) if isinstance(self.jobs.store, S3Store) else \
                 str(request.url_for("video_content", job_id=record["id"]))
         return JobView(id=record["id"], status=record["status"], progress=record["progress"], error=record["error"],
-                       video_url=url, created_at=record["created_at"],
+                       video_url=url, created_at=record["created_at"], started_at=record.get("started_at"),
                        finished_at=record.get("finished_at")).model_dump()
 
     # -- routes -------------------------------------------------------------------------------
@@ -301,9 +303,17 @@ class Ingress:
                             headers={"Location": f"/v1/videos/{job_id}"})
 
     @api.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}})
-    async def get_video(self, job_id: str, request: Request):
+    async def get_video(self, job_id: str, request: Request,
+                        wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the job "
+                                            "to end before answering (long poll); 0 answers at once")):
         """Status, progress (0..1), error, and video_url once succeeded."""
         self._authorize(request)
+        follower = self._followers.get(job_id)
+        if wait and follower is not None:  # answer the moment it ends, not at the client's next poll
+            try:
+                await asyncio.wait_for(asyncio.shield(follower), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
         record = await asyncio.to_thread(self._record, job_id)
         return self._view(record, request)
 

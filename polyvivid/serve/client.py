@@ -76,8 +76,9 @@ class Client:
         body.update({k: v for k, v in settings.items() if v is not None})
         return self._json("POST", "/v1/videos", body)
 
-    def status(self, job_id: str) -> dict:
-        return self._json("GET", f"/v1/videos/{job_id}")
+    def status(self, job_id: str, wait_s: float = 0) -> dict:
+        """The job's status; with wait_s, the server answers as soon as the job ends (or after wait_s)."""
+        return self._json("GET", f"/v1/videos/{job_id}" + (f"?wait={wait_s:g}" if wait_s else ""))
 
     def cancel(self, job_id: str) -> dict:
         return self._json("DELETE", f"/v1/videos/{job_id}")
@@ -86,14 +87,15 @@ class Client:
         """Poll until the job ends; returns its final status."""
         deadline = None if timeout_s is None else time.time() + timeout_s
         while True:
-            job = self.status(job_id)
+            start = time.time()
+            job = self.status(job_id, wait_s=poll_s)  # long poll: no latency added by the interval
             if on_progress:
                 on_progress(job)
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job
             if deadline is not None and time.time() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:.0f} s")
-            time.sleep(poll_s)
+            time.sleep(max(0.0, poll_s - (time.time() - start)))  # a server that did not wait
 
     def download(self, job_id: str) -> bytes:
         status, raw, headers = self.request("GET", f"/v1/videos/{job_id}/content")

@@ -23,11 +23,11 @@ def serve_local(spec: ServiceSpec, model_ref: str | None, port: int, on_ready=pr
     from .config import APP_NAME, serve_config_args
 
     args = serve_config_args(spec, model_ref)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own crash handlers
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")

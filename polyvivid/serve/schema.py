@@ -72,6 +72,7 @@ class JobView(BaseModel):
     error: str | None = None
     video_url: str | None = None
     created_at: float
+    started_at: float | None = None
     finished_at: float | None = None
 
 

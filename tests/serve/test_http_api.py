@@ -64,6 +64,9 @@ def test_submit_poll_and_download_an_mp4_of_the_requested_size(server, images, s
     assert "X-Amz-Signature=" in final["video_url"]
     with urllib.request.urlopen(final["video_url"]) as resp:
         assert decode_mp4(resp.read()).shape == (9, 48, 64, 3)
+    # a long poll answers when the job ends, not before
+    again = client.submit(PROMPT, images, num_frames=9, height=48, width=64, steps=3, seed=1)
+    assert client.status(again["id"], wait_s=60)["status"] == "succeeded"
     # the record and the inputs live in the store, not in a replica
     record = json.loads(store.read_text(f"jobs/{job['id']}/job.json"))
     assert record["status"] == "succeeded" and record["request"]["steps"] == 3 and record["request"]["seed"] == 1
@@ -206,3 +209,23 @@ def test_eight_concurrent_clients_past_a_queue_of_four_lose_nothing(server, imag
     assert metrics.get("ray_polyvivid_videos_generated_total", 0) >= 8, metrics
     assert metrics.get("ray_polyvivid_generation_seconds_count", 0) >= 8, metrics
     assert "ray_polyvivid_jobs_inflight" in metrics, metrics
+
+
+def test_request_command_follows_the_job_and_writes_the_mp4(server, images, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for word, data in images.items():
+        (tmp_path / f"{word}.png").write_bytes(data)
+    args = [sys.executable, "-m", "polyvivid.cli", "request", server.url, "--prompt", PROMPT, "--subject",
+            f"man={tmp_path / 'man.png'}", "--subject", f"guitar={tmp_path / 'guitar.png'}", "--num-frames", "5",
+            "--height", "32", "--width", "48", "--steps", "2", "--output", str(tmp_path / "v.mp4")]
+    env = {k: v for k, v in os.environ.items() if k != "POLYVIVID_API_TOKEN"}
+    done = subprocess.run(args, capture_output=True, text=True, env={**env, "POLYVIVID_API_TOKEN": TOKEN}, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert decode_mp4((tmp_path / "v.mp4").read_bytes()).shape == (5, 32, 48, 3)
+    refused = subprocess.run(args[:-1] + [str(tmp_path / "w.mp4")], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"polyvivid: error: {server.url}: HTTP 401: missing or wrong bearer token"]

@@ -1,0 +1,62 @@
+"""`polyvivid serve` and `polyvivid request` from the command line: config output and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from .conftest import service_manifest, write_manifest
+
+ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+
+
+def polyvivid(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "polyvivid.cli", *args], capture_output=True, text=True,
+                          env={**ENV, **(env or {})}, timeout=120)
+
+
+def test_print_config_is_the_serve_config_a_rayservice_runs(tmp_path):
+    spec = write_manifest(tmp_path / "s.yaml", service_manifest("s3://bucket/jobs", model={"training": "run1"},
+                                                                 apiTokenSecretRef={"name": "api"}))
+    result = polyvivid("serve", str(spec), "--print-config", "--model", "s3://bucket/run1/final")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    (app,) = config["applications"]
+    assert app["import_path"] == "polyvivid.serve.app:build_app" and app["route_prefix"] == "/"
+    assert app["args"]["model"] == "s3://bucket/run1/final"
+    assert app["args"]["spec"]["limits"]["queueLength"] == 4
+    assert app["args"]["spec"]["apiTokenSecretRef"] == {"name": "api", "key": "token"}  # a reference, no token
+    # The import path resolves to the builder, and the builder accepts those args (no Ray cluster needed).
+    from polyvivid.serve.app import build_app
+
+    application = build_app(app["args"])
+    assert type(application).__name__ == "Application"
+
+
+@pytest.mark.parametrize("args,manifest_changes,env,expected", [
+    ((), {}, {}, "one of the arguments --local --print-config is required"),
+    (("--local",), {"model": {"training": "run1"}}, {}, "give its final/ with --model URI"),
+    (("--local",), {"apiTokenSecretRef": {"name": "api"}}, {}, "POLYVIVID_API_TOKEN"),
+    (("--local", "--port", "70000"), {}, {}, "--port: 70000 is not a port"),
+    (("--local",), {"limits": {"maxFrames": 8}}, {}, "maxFrames must be of the form 4k+1"),
+    (("--local",), {"replicas": {"min": 3, "max": 2}}, {}, "min (3) exceeds max (2)"),
+])
+def test_bad_serve_invocations_exit_2_with_one_line(tmp_path, args, manifest_changes, env, expected):
+    spec = write_manifest(tmp_path / "s.yaml", service_manifest(str(tmp_path / "jobs"), **manifest_changes))
+    result = polyvivid("serve", str(spec), *args, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("polyvivid: error: ") and expected in lines[0], lines[0]
+
+
+def test_request_to_a_server_that_is_not_there_exits_2(tmp_path):
+    from ..conftest import free_port
+
+    result = polyvivid("request", f"http://127.0.0.1:{free_port()}", "--prompt", "A man", "--output",
+                       str(tmp_path / "v.mp4"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Connection refused" in lines[-1] and "Traceback" not in result.stderr
+    assert not (tmp_path / "v.mp4").exists()
