@@ -363,9 +363,9 @@ class Ingress:
 
 # --------------------------------------------------------------------------------------------- builder
 
-def build_app(args: dict) -> serve.Application:
-    """The application for `args` (see serve_config_args): deployment options come from the spec."""
-    spec = _spec(args)
+def generator_options(spec: ServiceSpec) -> dict[str, Any]:
+    """Serve deployment options of the generator: resources per replica, and a fixed count or
+    autoscaling bounds (Serve scales on queued + running requests per replica)."""
     r = spec.replicas
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": r.cpus_per_replica, "num_gpus": r.gpus_per_replica},
@@ -373,8 +373,13 @@ def build_app(args: dict) -> serve.Application:
     }
     if r.min == r.max:
         options["num_replicas"] = r.max
-    else:  # Serve scales on queued + running requests per replica
+    else:
         options["autoscaling_config"] = {"min_replicas": r.min, "max_replicas": r.max,
                                          "target_ongoing_requests": r.max_ongoing_requests}
-    generator = Generator.options(**options).bind(args)
+    return options
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application for `args` (see config.serve_config_args)."""
+    generator = Generator.options(**generator_options(_spec(args))).bind(args)
     return Ingress.bind(generator, args)

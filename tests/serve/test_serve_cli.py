@@ -60,3 +60,19 @@ def test_request_to_a_server_that_is_not_there_exits_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "Connection refused" in lines[-1] and "Traceback" not in result.stderr
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_replicas_become_serve_deployment_options():
+    from polyvivid.api import PolyVividService, load_resource
+    from polyvivid.serve.app import generator_options
+
+    def options(replicas):
+        manifest = service_manifest("/tmp/jobs", replicas=replicas)
+        return generator_options(load_resource(manifest, PolyVividService).spec)
+
+    fixed = options({"min": 2, "max": 2, "gpusPerReplica": 1, "cpusPerReplica": 4, "maxOngoingRequests": 2})
+    assert fixed == {"ray_actor_options": {"num_cpus": 4, "num_gpus": 1}, "max_ongoing_requests": 2,
+                     "num_replicas": 2}
+    scaled = options({"min": 0, "max": 8})
+    assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 8, "target_ongoing_requests": 1}
+    assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_gpus"] == 1.0
