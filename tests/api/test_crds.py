@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 
 from polyvivid.api import CurationJob, PolyVividService, PolyVividTraining, SpecError, load_resource
 from polyvivid.api.crds import all_crds
 from polyvivid.cli import main
+
+from ..openapi import crd_validator
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "manifests" / "crds"
@@ -52,25 +53,9 @@ def test_schemas_are_structural(name):
         assert not isinstance(node.get("exclusiveMinimum"), (int, float)) or isinstance(node["exclusiveMinimum"], bool)
 
 
-def _as_jsonschema(node: dict) -> dict:
-    """OpenAPI 3.0 (nullable, boolean exclusive bounds) -> JSON Schema draft 4, to validate here."""
-    out = {k: v for k, v in node.items() if not k.startswith("x-kubernetes") and k != "nullable"}
-    if "properties" in out:
-        out["properties"] = {k: _as_jsonschema(v) for k, v in out["properties"].items()}
-    if isinstance(out.get("items"), dict):
-        out["items"] = _as_jsonschema(out["items"])
-    if isinstance(out.get("additionalProperties"), dict):
-        out["additionalProperties"] = _as_jsonschema(out["additionalProperties"])
-    if node.get("nullable") and "type" in out:
-        out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    return out
-
-
 def _validator(kind: str):
     crd = next(c for c in all_crds().values() if c["spec"]["names"]["kind"] == kind)
-    return jsonschema.Draft4Validator(_as_jsonschema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
+    return crd_validator(crd, "v1alpha1")
 
 
 EXAMPLES = [ROOT / "manifests" / "examples" / "demo-training.yaml", ROOT / "manifests" / "examples" / "demo-service.yaml"]

@@ -1,0 +1,1 @@
+"""Child objects built from a resource: plain dicts, no Kubernetes API calls."""
