@@ -30,6 +30,18 @@ def _subject(value: str) -> tuple[str, str]:
     return word.strip(), image
 
 
+def _add_prompt_and_subjects(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="what happens; every subject WORD must appear in it")
+    parser.add_argument("--subject", action="append", type=_subject, default=[], metavar="WORD=IMAGE",
+                        help="a subject: its word in the prompt and an image file (PNG/JPEG); repeat per subject")
+
+
+def _existing_subject_file(word: str, path: str) -> str:
+    if not os.path.isfile(path):
+        raise UsageError(f"subject {word!r}: image not found: {path}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="polyvivid",
@@ -46,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: polyvivid generate --preset tiny --prompt 'A man plays the guitar' "
                "--subject man=man.png --subject guitar=guitar.png --output out/video.mp4",
     )
-    gen.add_argument("--prompt", required=True, help="what happens; every subject WORD must appear in it")
-    gen.add_argument("--subject", action="append", type=_subject, default=[], metavar="WORD=IMAGE",
-                     help="a subject: its word in the prompt and an image file (PNG/JPEG); repeat per subject")
+    _add_prompt_and_subjects(gen)
     source = gen.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="DIR_OR_URI",
                         help="a checkpoint directory or s3:// URI (save_pretrained layout, or a training "
@@ -144,9 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--subject man=man.png --subject guitar=guitar.png --output out/video.mp4",
     )
     req.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
-    req.add_argument("--prompt", required=True, help="what happens; every subject WORD must appear in it")
-    req.add_argument("--subject", action="append", type=_subject, default=[], metavar="WORD=IMAGE",
-                     help="a subject: its word in the prompt and an image file (PNG/JPEG); repeat per subject")
+    _add_prompt_and_subjects(req)
     for flag, kind, what in (("--num-frames", int, "frames, 4k+1"), ("--height", int, "pixels"),
                              ("--width", int, "pixels"), ("--steps", int, "denoising steps"),
                              ("--guidance", float, "guidance scale"), ("--seed", int, "random seed")):
@@ -176,10 +184,8 @@ def _load_subject_images(subjects: list[tuple[str, str]]):
 
     loaded = []
     for word, path in subjects:
-        if not os.path.isfile(path):
-            raise UsageError(f"subject {word!r}: image not found: {path}")
         try:
-            with Image.open(path) as img:
+            with Image.open(_existing_subject_file(word, path)) as img:
                 img.load()
                 loaded.append((word, img.convert("RGB")))
         except (UnidentifiedImageError, OSError) as e:
@@ -373,11 +379,7 @@ def cmd_serve(args) -> int:
 def cmd_request(args) -> int:
     from .serve.client import ApiError, Client
 
-    images = {}
-    for word, path in args.subject:
-        if not os.path.isfile(path):
-            raise UsageError(f"subject {word!r}: image not found: {path}")
-        images[word] = Path(path).read_bytes()
+    images = {word: Path(_existing_subject_file(word, path)).read_bytes() for word, path in args.subject}
     client = Client(args.url, token=os.environ.get(args.token_env))
     from tqdm import tqdm
 

@@ -59,14 +59,16 @@ class StorageSpec(ApiModel):
         return env
 
 
+def field_path(loc: tuple | list, root: str = "") -> str:
+    """A pydantic error location as a field path: ("subjects", 0, "image") -> "subjects[0].image"."""
+    path = root
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
 def format_validation_error(error: ValidationError, root: str = "") -> str:
-    lines = []
-    for item in error.errors():
-        path = root
-        for part in item["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        lines.append(f"{path or '(document)'}: {item['msg']}")
-    return "; ".join(lines)
+    return "; ".join(f"{field_path(item['loc'], root) or '(document)'}: {item['msg']}" for item in error.errors())
 
 
 def load_resource(source: str | Path | dict[str, Any], model: type[BaseModel]) -> Any:

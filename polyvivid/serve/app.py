@@ -31,6 +31,7 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
+from ..api.common import field_path
 from ..api.service import ServiceSpec
 from ..storage import S3Store, StorageError, open_store
 from .config import TOKEN_ENV
@@ -117,18 +118,19 @@ class Generator:
                                width=req["width"], num_inference_steps=req["steps"], guidance_scale=req["guidance"],
                                generator=torch.Generator().manual_seed(req["seed"]), callback=on_step)
             jobs.store.write_bytes(jobs.video_key(job_id), encode_mp4(frames, fps=FPS))
-            record.update(status="succeeded", progress=1.0, finished_at=time.time())
+            record.update(status="succeeded", progress=1.0)
             self.generated.inc()
             self.seconds.observe(time.perf_counter() - start)
         except JobCancelled:
-            record.update(status="cancelled", finished_at=time.time())
+            record["status"] = "cancelled"
         except InvalidRequest as e:  # what only the model knows, e.g. its own subject limit
-            record.update(status="failed", error=str(e), finished_at=time.time())
+            record.update(status="failed", error=str(e))
         except Exception as e:  # the job ends failed with the reason; the replica lives on
             log.exception("job %s failed", job_id)
-            record.update(status="failed", error=f"{e.__class__.__name__}: {e}"[:1000], finished_at=time.time())
+            record.update(status="failed", error=f"{e.__class__.__name__}: {e}"[:1000])
             if self.device == "cuda":
                 torch.cuda.empty_cache()
+        record["finished_at"] = time.time()
         jobs.write(record)
         return record["status"]
 
@@ -154,7 +156,7 @@ async def _rejected(request: Request, exc: RequestRejected):
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError):
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"][1:]) or None
+    field = field_path(first["loc"][1:]) or None  # loc[0] is where: path or query
     return await _rejected(request, RequestRejected(422, "invalid_request", f"{field}: {first['msg']}", field))
 
 
@@ -179,9 +181,9 @@ class Ingress:
         self.token = os.environ.get(TOKEN_ENV) or None
         if self.spec.api_token_secret_ref is not None and not self.token:
             raise RuntimeError(f"the spec names an API token Secret but {TOKEN_ENV} is not set in this replica")
-        self.inflight: dict[str, Any] = {}  # job id -> DeploymentResponse, for jobs not yet finished
+        # job id -> (its DeploymentResponse, the task following it), until the job's end is recorded
+        self.inflight: dict[str, tuple[Any, asyncio.Task]] = {}
         self._accepting = 0  # requests past the queue check whose record is being written
-        self._followers: dict[str, asyncio.Task] = {}  # job id -> the task awaiting its generator call
         self._recovered = False
         self._model: str | None = None  # what a generator answered it serves, once one did
         self.inflight_gauge = Gauge("polyvivid_jobs_inflight", "accepted jobs not yet finished")
@@ -192,11 +194,14 @@ class Ingress:
 
     def _dispatch(self, job_id: str) -> None:
         response = self.generator.generate.remote(job_id)
-        self.inflight[job_id] = response
-        self.inflight_gauge.set(len(self.inflight))
         task = asyncio.get_running_loop().create_task(self._follow(job_id, response))
-        self._followers[job_id] = task
-        task.add_done_callback(lambda _: self._followers.pop(job_id, None))
+        self.inflight[job_id] = (response, task)
+        self.inflight_gauge.set(len(self.inflight))
+        task.add_done_callback(lambda _: self._finished(job_id))
+
+    def _finished(self, job_id: str) -> None:
+        self.inflight.pop(job_id, None)
+        self.inflight_gauge.set(len(self.inflight))
 
     async def _follow(self, job_id: str, response) -> None:
         """Wait for the generator; if it never recorded an end (cancelled in the queue, replica died),
@@ -209,9 +214,6 @@ class Ingress:
         except Exception as e:
             log.exception("job %s: generator call failed", job_id)
             outcome = ("failed", f"generator: {e.__class__.__name__}: {e}"[:1000])
-        finally:
-            self.inflight.pop(job_id, None)
-            self.inflight_gauge.set(len(self.inflight))
         if outcome:
             await asyncio.to_thread(self._end_if_open, job_id, *outcome)
 
@@ -308,10 +310,10 @@ class Ingress:
                                             "to end before answering (long poll); 0 answers at once")):
         """Status, progress (0..1), error, and video_url once succeeded."""
         self._authorize(request)
-        follower = self._followers.get(job_id)
-        if wait and follower is not None:  # answer the moment it ends, not at the client's next poll
+        dispatched = self.inflight.get(job_id)
+        if wait and dispatched is not None:  # answer the moment it ends, not at the client's next poll
             try:
-                await asyncio.wait_for(asyncio.shield(follower), timeout=wait)
+                await asyncio.wait_for(asyncio.shield(dispatched[1]), timeout=wait)
             except asyncio.TimeoutError:
                 pass
         record = await asyncio.to_thread(self._record, job_id)
@@ -338,9 +340,9 @@ class Ingress:
             raise RequestRejected(409, "finished", f"job already {record['status']}")
         await asyncio.to_thread(self.jobs.request_cancel, job_id)
         if record["status"] == "queued":  # not started: take it out of the queue now
-            response = self.inflight.get(job_id)
-            if response is not None:
-                response.cancel()
+            dispatched = self.inflight.get(job_id)
+            if dispatched is not None:
+                dispatched[0].cancel()
             await asyncio.to_thread(self._end_if_open, job_id, "cancelled", None)
             record = await asyncio.to_thread(self._record, job_id)
         return JSONResponse(self._view(record, request), status_code=202)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..api.common import field_path
 from ..api.service import GenerationDefaults, Limits
 from ..model.request import InvalidRequest, validate_request
 
@@ -102,19 +103,12 @@ class Generation:
                 "seed": self.seed}
 
 
-def _field_path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
 def parse_body(raw: bytes) -> VideoRequest:
     try:
         return VideoRequest.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        field = _field_path(first["loc"]) or None
+        field = field_path(first["loc"]) or None
         if first["type"] == "json_invalid":
             raise RequestRejected(400, "invalid_json", f"body is not valid JSON: {first['msg']}") from None
         raise RequestRejected(422, "invalid_request", f"{field or 'body'}: {first['msg']}", field) from None

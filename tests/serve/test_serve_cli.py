@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 
+from ..train.conftest import polyvivid as run_cli
 from .conftest import service_manifest, write_manifest
 
-ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}  # no token, no store settings from the caller's shell
 
 
 def polyvivid(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "polyvivid.cli", *args], capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, timeout=120)
+    return run_cli(*args, env={**ENV, **(env or {})}, timeout=120)
 
 
 def test_print_config_is_the_serve_config_a_rayservice_runs(tmp_path):
