@@ -1,10 +1,12 @@
-"""Validating objects against Kubernetes CRD schemas (OpenAPI v3.0 subset) with jsonschema."""
+"""Validating objects against Kubernetes CRD schemas (OpenAPI v3.0 subset) with jsonschema, and their
+CEL rules (x-kubernetes-validations) with cel-python."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import celpy
 import jsonschema
 import pytest
 import yaml
@@ -28,15 +30,60 @@ def as_jsonschema(node: dict) -> dict:
     return out
 
 
-def crd_validator(crd: dict, version: str) -> jsonschema.Draft4Validator:
+def cel_errors(schema: dict, value, path: str = "") -> list[str]:
+    """Evaluate every x-kubernetes-validations rule on the value it guards, as the API server does on
+    create (rules about oldSelf, i.e. transitions, do not apply to a new object)."""
+    errors = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue
+        env = celpy.Environment()
+        result = env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
+            errors.append(f"{path or '.'}: {rule.get('message', rule['rule'])}")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if key in schema.get("properties", {}):
+                errors += cel_errors(schema["properties"][key], sub, f"{path}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += cel_errors(schema["additionalProperties"], sub, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            errors += cel_errors(schema["items"], sub, f"{path}[{i}]")
+    return errors
+
+
+def crd_schema(crd: dict, version: str) -> dict:
     (v,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    return jsonschema.Draft4Validator(as_jsonschema(v["schema"]["openAPIV3Schema"]))
+    return v["schema"]["openAPIV3Schema"]
 
 
-def upstream_validator(file_name: str, version: str = "v1") -> jsonschema.Draft4Validator:
-    """A validator for an upstream CRD in ../shared/crds/upstream (or $POLYVIVID_UPSTREAM_CRDS)."""
+def crd_validator(crd: dict, version: str) -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(as_jsonschema(crd_schema(crd, version)))
+
+
+def upstream_crd(file_name: str) -> dict:
+    """An upstream CRD from ../shared/crds/upstream (or $POLYVIVID_UPSTREAM_CRDS); skips when absent."""
     folder = Path(os.environ.get("POLYVIVID_UPSTREAM_CRDS", ROOT.parent / "shared" / "crds" / "upstream"))
     path = folder / file_name
     if not path.exists():
         pytest.skip(f"upstream CRD {file_name} not found in {folder} (set POLYVIVID_UPSTREAM_CRDS)")
-    return crd_validator(yaml.safe_load(path.read_text()), version)
+    return yaml.safe_load(path.read_text())
+
+
+def upstream_validator(file_name: str, version: str = "v1") -> jsonschema.Draft4Validator:
+    return crd_validator(upstream_crd(file_name), version)
+
+
+UPSTREAM_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "RayJob": "ray.io_rayjobs.yaml",
+                  "RayService": "ray.io_rayservices.yaml"}
+
+
+def upstream_errors(obj: dict) -> list[str]:
+    """Schema and CEL errors of a child object against its kind's upstream CRD (empty: valid)."""
+    crd = upstream_crd(UPSTREAM_FILES[obj["kind"]])
+    version = obj["apiVersion"].rsplit("/", 1)[1]
+    schema = crd_schema(crd, version)
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft4Validator(as_jsonschema(schema)).iter_errors(obj)]
+    return errors + cel_errors(schema, obj)

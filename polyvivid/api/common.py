@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -57,6 +57,36 @@ class StorageSpec(ApiModel):
         if not self.verify_tls:
             env["POLYVIVID_S3_VERIFY_TLS"] = "0"
         return env
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration), e.g. for tainted GPU nodes."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class SchedulingSpec(ApiModel):
+    """Where and how the pods run; passed through to every pod the operator creates for the resource."""
+
+    image: str | None = Field(None, description="container image (default: the operator's workload image)")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods")
+    tolerations: list[Toleration] = Field(default_factory=list, description="tolerations of the pods")
+    queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name); "
+                                                "Kueue then admits the job when the quota allows")
+    priority_class: str | None = Field(None, description="PriorityClass of the pods")
+
+
+class WorkerShape(ApiModel):
+    """One pod of a Ray cluster's worker group (the head pod runs no GPU work)."""
+
+    gpus: int = Field(1, ge=0, le=16, description="GPUs per worker pod; 0 makes CPU-only workers")
+    cpus: int = Field(8, ge=1, le=512, description="CPU cores per worker pod")
+    memory: str = Field("64Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+                        description="memory per worker pod (a Kubernetes quantity)")
 
 
 def field_path(loc: tuple | list, root: str = "") -> str:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import API_VERSION, ApiModel, ObjectMeta, StorageSpec
+from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec, WorkerShape
 
 
 class ModelRef(ApiModel):
@@ -94,7 +94,10 @@ class CurationSpec(ApiModel):
     clip_score: ClipScoreSpec = Field(default_factory=ClipScoreSpec)
     consolidation: ConsolidationSpec = Field(default_factory=ConsolidationSpec)
     ray_address: str | None = Field(None, description="an existing Ray cluster (default: start one locally)")
+    workers: int = Field(1, ge=0, le=1000, description="worker pods of the RayCluster the operator creates")
+    worker: WorkerShape = Field(default_factory=WorkerShape)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
 
 
 class CurationJob(ApiModel):

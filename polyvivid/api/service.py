@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import API_VERSION, ApiModel, ObjectMeta, StorageSpec
+from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec, WorkerShape
 
 
 class ServedModel(ApiModel):
@@ -75,7 +75,10 @@ class ServiceSpec(ApiModel):
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     output: str = Field(min_length=1, description="URI where job records and videos go (jobs/ID/...)")
     api_token_secret_ref: TokenSecretRef | None = Field(None, description="Secret with a bearer token for /v1")
+    worker: WorkerShape = Field(default_factory=WorkerShape, description="the RayCluster's worker pods; "
+                                "the operator scales them between the counts that replicas.min and .max need")
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
 
     @model_validator(mode="after")
     def _defaults_within_limits(self):

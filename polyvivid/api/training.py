@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import API_VERSION, ApiModel, ObjectMeta, StorageSpec
+from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec
 
 
 class Resolution(ApiModel):
@@ -141,6 +141,7 @@ class TrainingSpec(ApiModel):
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on rank 0; 0 disables")
     seed: int = 0
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
 
     @model_validator(mode="after")
     def _stage_names_unique(self):

@@ -10,7 +10,7 @@ from polyvivid_operator.children.pytorchjob import names, render_configmap, rend
 
 from polyvivid.api import PolyVividTraining, load_resource
 
-from ..openapi import ROOT, upstream_validator
+from ..openapi import ROOT, upstream_errors, upstream_validator
 
 
 def training(**spec_changes) -> dict:
@@ -75,3 +75,21 @@ def test_the_configmap_holds_the_manifest_the_workload_reads():
     manifest = yaml.safe_load(cm["data"]["training.yaml"])
     assert "status" not in manifest and "uid" not in manifest["metadata"]
     assert load_resource(manifest, PolyVividTraining).spec == PolyVividTraining.model_validate(t).spec
+
+
+def test_queue_priority_and_placement_pass_through():
+    t = training(resources={"nodes": 2, "gpusPerNode": 8},
+                 scheduling={"image": "reg/pv:9", "queue": "research", "priorityClass": "high",
+                             "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+                             "tolerations": [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}]})
+    job = render_pytorchjob(t, image="ignored/by:spec")
+    assert upstream_errors(job) == []
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2, "queue": "research", "priorityClass": "high"}
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["priorityClassName"] == "high" and pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}]
+    assert pod["containers"][0]["image"] == "reg/pv:9"
+    plain = render_pytorchjob(training())
+    assert "schedulingPolicy" not in plain["spec"]["runPolicy"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]

@@ -1,14 +1,19 @@
-"""What every child shares: labels, the owner reference, the container's security and storage env."""
+"""What every child shares: labels, the owner reference, the spec ConfigMap, pod placement, the
+container's security context and storage env."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from polyvivid.api.common import StorageSpec
+import yaml
+
+from polyvivid.api.common import SchedulingSpec, StorageSpec
 
 MANAGED_BY = "polyvivid-operator"
 DEFAULT_IMAGE = "ghcr.io/polyvivid/polyvivid:0.1.0"
 RUN_AS_USER = 1000  # the image's non-root user
+SPEC_DIR = "/etc/polyvivid"  # where the spec ConfigMap is mounted in the workload pods
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def labels(owner: dict, component: str) -> dict[str, str]:
@@ -24,11 +29,33 @@ def owner_reference(owner: dict) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def child_metadata(owner: dict, name: str, component: str) -> dict[str, Any]:
+def child_metadata(owner: dict, name: str, component: str, scheduling: SchedulingSpec | None = None) -> dict[str, Any]:
     meta = {"name": name, "labels": labels(owner, component), "ownerReferences": [owner_reference(owner)]}
+    if scheduling is not None and scheduling.queue:  # Kueue admits labelled jobs (it suspends/resumes them)
+        meta["labels"][KUEUE_QUEUE_LABEL] = scheduling.queue
     if owner["metadata"].get("namespace"):
         meta["namespace"] = owner["metadata"]["namespace"]
     return meta
+
+
+def spec_configmap(owner: dict, name: str, file_name: str, component: str) -> dict[str, Any]:
+    """The resource's manifest as the workload reads it (`polyvivid train|curate FILE`); status stripped."""
+    manifest = {k: owner[k] for k in ("apiVersion", "kind", "spec")}
+    manifest["metadata"] = {"name": owner["metadata"]["name"]}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": child_metadata(owner, name, component),
+            "data": {file_name: yaml.safe_dump(manifest, sort_keys=False)}}
+
+
+def pod_placement(scheduling: SchedulingSpec) -> dict[str, Any]:
+    """nodeSelector, tolerations and priority class for a pod spec (only the ones set)."""
+    out: dict[str, Any] = {}
+    if scheduling.node_selector:
+        out["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations]
+    if scheduling.priority_class:
+        out["priorityClassName"] = scheduling.priority_class
+    return out
 
 
 def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
@@ -42,6 +69,21 @@ def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
     return env
 
 
+def workload_env(storage: StorageSpec) -> list[dict[str, Any]]:
+    """Env of every workload container: never reach a model hub, and the store."""
+    return [{"name": "HF_HUB_OFFLINE", "value": "1"}, *storage_env(storage)]
+
+
 def security_context() -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "fsGroup": RUN_AS_USER}
+
+
+def spec_volume(configmap: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spec ConfigMap as (volume, read-only mount at SPEC_DIR)."""
+    return ({"name": "spec", "configMap": {"name": configmap}},
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True})

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from polyvivid.api import PolyVividTraining
 
-from .common import DEFAULT_IMAGE, child_metadata, security_context, storage_env
+from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, pod_placement, pod_security_context, security_context,
+                     spec_configmap, spec_volume, workload_env)
 
-SPEC_DIR = "/etc/polyvivid"
 SPEC_FILE = "training.yaml"
 BACKOFF_LIMIT = 3
 SHM_SIZE = "64Gi"  # NCCL and dataloader workers use /dev/shm; the container default (64 MiB) is far too small
@@ -27,49 +25,50 @@ def names(training: dict) -> dict[str, str]:
 
 
 def render_configmap(training: dict) -> dict[str, Any]:
-    """The manifest itself, as the workload reads it (`polyvivid train SPEC`); status stripped."""
-    manifest = {k: training[k] for k in ("apiVersion", "kind", "spec")}
-    manifest["metadata"] = {"name": training["metadata"]["name"]}
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": child_metadata(training, names(training)["configmap"], "training"),
-            "data": {SPEC_FILE: yaml.safe_dump(manifest, sort_keys=False)}}
+    return spec_configmap(training, names(training)["configmap"], SPEC_FILE, "training")
 
 
 def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str | None = None) -> dict[str, Any]:
     """training: the PolyVividTraining as the API server returns it (a dict with metadata.uid).
+    image: the operator's default, unless spec.scheduling.image overrides it.
     dataset_uri: the output of the CurationJob the spec names, once it succeeded."""
     spec = PolyVividTraining.model_validate(training).spec
-    res = spec.resources
+    res, sched = spec.resources, spec.scheduling
     gpus = res.gpus_per_node
     args = ["torchrun", "--module", "polyvivid.cli", "train", f"{SPEC_DIR}/{SPEC_FILE}"]
     if dataset_uri:
         args += ["--dataset", dataset_uri]
+    volume, mount = spec_volume(names(training)["configmap"])
     container = {
         "name": "pytorch",  # the training operator finds the container by this name
-        "image": image,
+        "image": sched.image or image,
         "command": args,
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, *storage_env(spec.storage)],
+        "env": workload_env(spec.storage),
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port}] if spec.metrics_port else [],
         "resources": {"limits": {"nvidia.com/gpu": gpus}} if gpus else {},
-        "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
-                         {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [mount, {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": security_context(),
     }
     pod = {"spec": {
         "containers": [container],
-        "volumes": [{"name": "spec", "configMap": {"name": names(training)["configmap"]}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        "volumes": [volume, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
+        "securityContext": pod_security_context(),
+        **pod_placement(sched),
     }}
     replica_specs = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
     if res.nodes > 1:
         replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
+    run_policy: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None"}
+    if sched.queue or sched.priority_class:  # gang schedulers (Volcano, scheduler-plugins) read this
+        run_policy["schedulingPolicy"] = {"minAvailable": res.nodes,
+                                          **({"queue": sched.queue} if sched.queue else {}),
+                                          **({"priorityClass": sched.priority_class} if sched.priority_class else {})}
     return {
         "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-        "metadata": child_metadata(training, names(training)["pytorchjob"], "training"),
+        "metadata": child_metadata(training, names(training)["pytorchjob"], "training", sched),
         "spec": {
             "nprocPerNode": str(max(gpus, 1)),  # CPU training: one process per node
-            "runPolicy": {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None"},
+            "runPolicy": run_policy,
             "pytorchReplicaSpecs": replica_specs,
         },
     }
