@@ -17,6 +17,8 @@ import pytest
 # No test may reach a model hub; the code under test must never try.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The operator's timers tick every second in tests (read when polyvivid_operator is first imported).
+os.environ.setdefault("POLYVIVID_SYNC_INTERVAL", "1")
 
 S3_ACCESS_KEY = "polyvivid-test"
 S3_SECRET_KEY = "polyvivid-test-secret"

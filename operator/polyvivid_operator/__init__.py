@@ -1,5 +1,7 @@
-"""The PolyVivid operator (kopf): reconciles PolyVividTraining, CurationJob and PolyVividService into
-Kubeflow PyTorchJobs, KubeRay RayJobs and RayServices. Imports polyvivid.api, never torch.
+"""The PolyVivid operator: `kopf run -m polyvivid_operator` (or `polyvivid-operator`).
 
-children/   pure functions that build child objects from a resource (unit-testable, no API calls)
+children/ builds child objects from a resource (pure functions, also behind `polyvivid render`);
+handlers/ reconciles each kind against the API server. Importing the package registers the handlers.
 """
+
+from . import handlers  # noqa: F401

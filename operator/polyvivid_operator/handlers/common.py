@@ -1,0 +1,125 @@
+"""What every kind's handlers share: one reconcile at a time per resource, InvalidSpec handling, the
+status write (phase, Ready condition, observedGeneration), Events on phase transitions, metrics.
+
+Reconciling is level-based: each kind's `reconcile(body, ctx)` reads the resource, its
+dependencies and its children's status as they are now, applies the children it should have, and
+returns the status to show. Watch events (of the resource and of its children) and a timer call it;
+running it twice changes nothing (`Kube.apply` patches only differences, the status is written only
+when it differs), so restarts and duplicate events create no duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import kopf
+from pydantic import ValidationError
+
+from polyvivid.api.common import API_VERSION, format_validation_error
+
+from .. import metrics
+from ..conditions import set_condition
+from ..config import OperatorConfig
+from ..kube import ApiError, Kube, contains
+
+READY = "Ready"
+WARNING_PHASES = {"Failed", "Invalid"}
+
+
+class InvalidSpec(Exception):
+    """The spec passed the CRD schema but cannot run: no children, Ready=False reason InvalidSpec."""
+
+
+@dataclass
+class Result:
+    phase: str
+    ready: bool
+    reason: str
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)  # more status fields (children, progress, ...)
+
+
+@dataclass
+class Context:
+    kube: Kube
+    config: OperatorConfig
+    logger: Any
+
+
+_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+
+def validated(model, body: dict):
+    """The resource as its pydantic model; rules the CRD schema cannot say fail here."""
+    try:
+        return model.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}).spec
+    except ValidationError as e:
+        raise InvalidSpec(format_validation_error(e, "spec")) from None
+
+
+async def require_secret(ctx: Context, namespace: str, name: str, what: str) -> None:
+    if await ctx.kube.get("v1", "Secret", namespace, name) is None:
+        raise InvalidSpec(f"{what}: Secret {name!r} not found in namespace {namespace!r}")
+
+
+async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
+    """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
+    for child in children:
+        outcome = await ctx.kube.apply(child)
+        if outcome != "unchanged":
+            ctx.logger.info(f"{child['kind']} {child['metadata']['name']} {outcome}")
+    return {child["kind"]: child["metadata"]["name"] for child in children}
+
+
+async def reconcile_resource(kind: str, namespace: str, name: str, reconcile: Callable[[dict, Context], Awaitable[Result]],
+                             memo: kopf.Memo, logger) -> Result | None:
+    """Reconcile one resource (fresh from the API server) and write its status; None if it is gone."""
+    ctx = Context(memo.kube, memo.config, logger)
+    async with _locks.setdefault((kind, namespace, name), asyncio.Lock()):
+        body = await ctx.kube.get(API_VERSION, kind, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        started = time.perf_counter()
+        try:
+            result = await reconcile(body, ctx)
+            outcome = "success"
+        except InvalidSpec as e:
+            result, outcome = Result("Invalid", False, "InvalidSpec", str(e)), "invalid"
+        except ApiError:
+            metrics.RECONCILES.labels(kind, "error").inc()
+            raise  # kopf logs it; the next event or timer tick tries again
+        await write_status(ctx, body, result)
+        metrics.RECONCILES.labels(kind, outcome).inc()
+        metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        metrics.set_phase(kind, namespace, name, result.phase)
+        return result
+
+
+async def write_status(ctx: Context, body: dict, result: Result) -> None:
+    old = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    conditions = set_condition(old.get("conditions", []), READY, result.ready, result.reason, result.message,
+                               generation)
+    status = {"phase": result.phase, "observedGeneration": generation, "conditions": conditions, **result.fields}
+    if contains(old, status):
+        return
+    meta = body["metadata"]
+    await ctx.kube.merge_patch(body["apiVersion"], body["kind"], meta["namespace"], meta["name"], {"status": status},
+                               sub="status")
+    if old.get("phase") != result.phase:
+        kopf.event(body, type="Warning" if result.phase in WARNING_PHASES else "Normal", reason=result.reason,
+                   message=f"{old.get('phase') or 'New'} -> {result.phase}: {result.message}")
+
+
+def owner_name(child: dict, kind: str) -> str | None:
+    for ref in child["metadata"].get("ownerReferences", []):
+        if ref.get("kind") == kind and ref.get("apiVersion") == API_VERSION:
+            return ref["name"]
+    return None
+
+
+def phase_of(obj: dict | None) -> str | None:
+    return ((obj or {}).get("status") or {}).get("phase")

@@ -1,0 +1,103 @@
+"""CurationJob -> a RayJob (and its spec ConfigMap); the status follows the RayJob, and once it
+succeeded shows OUTPUT/summary.json's counts. Trainings waiting for it follow its phase."""
+
+from __future__ import annotations
+
+import kopf
+
+from polyvivid.api import CurationJob
+from polyvivid.api.common import API_VERSION
+
+from ..artifacts import read_json
+from ..children.common import MANAGED_BY
+from ..children.rayjob import render_configmap, render_rayjob
+from ..config import SYNC_INTERVAL_S
+from .common import Context, InvalidSpec, Result, apply_children, owner_name, reconcile_resource, require_secret, validated
+
+KIND = "CurationJob"
+JOB_API = "ray.io/v1"
+
+
+def rayjob_phase(job: dict | None) -> tuple[str, str]:
+    """(phase, reason) from KubeRay's jobStatus / jobDeploymentStatus."""
+    status = (job or {}).get("status") or {}
+    job_status, deployment = status.get("jobStatus", ""), status.get("jobDeploymentStatus", "")
+    if job_status == "SUCCEEDED":
+        return "Succeeded", "JobSucceeded"
+    if job_status in ("FAILED", "STOPPED") or deployment == "Failed":
+        return "Failed", status.get("reason") or f"Job{(job_status or deployment).capitalize()}"
+    if job_status == "RUNNING":
+        return "Running", "JobRunning"
+    return "Pending", f"Cluster{deployment}" if deployment else "JobCreated"
+
+
+def check_resources(spec, max_gpus: int) -> None:
+    worker = spec.worker
+    if worker.gpus > max_gpus:
+        raise InvalidSpec(f"spec.worker.gpus: {worker.gpus} GPUs per worker requested, the largest node has {max_gpus}")
+    for stage in ("caption", "grounding", "segmentation"):
+        res = getattr(spec, stage).resources
+        if spec.workers and res.gpus > worker.gpus:
+            raise InvalidSpec(f"spec.{stage}.resources.gpus: an actor needs {res.gpus} GPUs, a worker has {worker.gpus}")
+        if spec.workers and res.cpus > worker.cpus:
+            raise InvalidSpec(f"spec.{stage}.resources.cpus: an actor needs {res.cpus} CPUs, a worker has {worker.cpus}")
+        if not spec.workers and res.gpus:
+            raise InvalidSpec(f"spec.{stage}.resources.gpus: the stage needs GPUs but spec.workers is 0")
+
+
+async def reconcile(body: dict, ctx: Context) -> Result:
+    spec = validated(CurationJob, body)
+    ns = body["metadata"]["namespace"]
+    if spec.storage.secret_ref:
+        await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
+    if spec.ray_address:
+        raise InvalidSpec("spec.rayAddress: the operator runs curation on a RayCluster of its own; leave it unset")
+    check_resources(spec, ctx.config.max_gpus_per_node)
+    names = await apply_children(ctx, [render_configmap(body), render_rayjob(body, ctx.config.image)])
+    job = await ctx.kube.get(JOB_API, "RayJob", ns, names["RayJob"])
+    phase, reason = rayjob_phase(job)
+    fields = {"rayJob": names["RayJob"], "configMap": names["ConfigMap"], "output": spec.output}
+    message = {"Pending": "RayJob created, cluster starting", "Running": "curating",
+               "Succeeded": f"dataset written to {spec.output}",
+               "Failed": ((job or {}).get("status") or {}).get("message") or "the RayJob failed"}[phase]
+    if phase == "Succeeded":
+        summary, why = await read_json(ctx.kube, ns, spec.storage, spec.output, "summary.json")
+        if summary:
+            fields.update(videos=summary.get("videos"), clipsWritten=summary.get("clips_written"),
+                          rejected=len(summary.get("rejects", [])),
+                          stages={k: v for k, v in (summary.get("stages") or {}).items()})
+        elif why:
+            message += f" ({why})"
+    return Result(phase, phase == "Succeeded", reason, message, fields)
+
+
+async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
+    before = await memo.kube.get(API_VERSION, KIND, namespace, name)
+    result = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
+    if result is not None and ((before or {}).get("status") or {}).get("phase") != result.phase:
+        from . import training
+
+        await training.reconcile_dependents(namespace, name, memo, logger)
+
+
+@kopf.on.event("polyvivid.io", "v1alpha1", "curationjobs")
+async def on_curation_event(type, body, memo, logger, **_):
+    meta = body["metadata"]
+    if type == "DELETED":
+        from .. import metrics
+
+        metrics.set_phase(KIND, meta["namespace"], meta["name"], None)
+        return
+    await reconcile_named(meta["namespace"], meta["name"], memo, logger)
+
+
+@kopf.timer("polyvivid.io", "v1alpha1", "curationjobs", interval=SYNC_INTERVAL_S)
+async def poll_curation(body, memo, logger, **_):
+    await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+async def on_rayjob_event(type, body, memo, logger, **_):
+    owner = owner_name(body, KIND)
+    if owner:
+        await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)

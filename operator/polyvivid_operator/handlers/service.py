@@ -1,0 +1,107 @@
+"""PolyVividService -> a RayService; the status follows the RayService (endpoint, ready replicas).
+A model naming a PolyVividTraining waits for it to succeed, then serves its final weights, and rolls
+out again when they change (the version goes into serveConfigV2)."""
+
+from __future__ import annotations
+
+import kopf
+
+from polyvivid.api import PolyVividService
+from polyvivid.api.common import API_VERSION
+
+from ..children.common import MANAGED_BY
+from ..children.rayservice import endpoint, render_rayservice, worker_bounds
+from ..conditions import condition
+from ..config import SYNC_INTERVAL_S
+from .common import Context, InvalidSpec, Result, apply_children, owner_name, phase_of, reconcile_resource, \
+    require_secret, validated
+
+KIND = "PolyVividService"
+SERVICE_API = "ray.io/v1"
+
+
+def rayservice_phase(rs: dict | None) -> tuple[str, str, int]:
+    """(phase, reason, ready serve endpoints) from KubeRay's status."""
+    status = (rs or {}).get("status") or {}
+    ready = condition(rs or {}, "Ready")
+    endpoints = int(status.get("numServeEndpoints") or 0)
+    if (ready and ready.get("status") == "True") or status.get("serviceStatus") == "Running":
+        return "Ready", "ServeApplicationReady", endpoints
+    app = ((status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}).get("polyvivid") or {}
+    if app.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return "Failed", f"Application{app['status'].title().replace('_', '')}", endpoints
+    return "Deploying", (ready or {}).get("reason") or "RayServiceCreated", endpoints
+
+
+async def reconcile(body: dict, ctx: Context) -> Result:
+    spec = validated(PolyVividService, body)
+    ns = body["metadata"]["namespace"]
+    if spec.storage.secret_ref:
+        await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
+    if spec.api_token_secret_ref:
+        await require_secret(ctx, ns, spec.api_token_secret_ref.name, "spec.apiTokenSecretRef")
+    if spec.worker.gpus > ctx.config.max_gpus_per_node:
+        raise InvalidSpec(f"spec.worker.gpus: {spec.worker.gpus} GPUs per worker requested, "
+                          f"the largest node has {ctx.config.max_gpus_per_node}")
+    try:
+        worker_bounds(spec)
+    except ValueError:
+        raise InvalidSpec(f"spec.replicas: a replica needs {spec.replicas.gpus_per_replica} GPUs and "
+                          f"{spec.replicas.cpus_per_replica} CPUs, a worker pod has {spec.worker.gpus} and "
+                          f"{spec.worker.cpus} (spec.worker)") from None
+    model_uri = model_version = None
+    if spec.model.training:
+        name = spec.model.training
+        training = await ctx.kube.get(API_VERSION, "PolyVividTraining", ns, name)
+        if training is None:
+            raise InvalidSpec(f"spec.model.training: PolyVividTraining {name!r} not found in namespace {ns!r}")
+        weights = (training.get("status") or {}).get("finalWeights")
+        if phase_of(training) != "Succeeded" or not weights:
+            return Result("Waiting", False, "WaitingForTraining",
+                          f"waiting for PolyVividTraining {name} to succeed (phase {phase_of(training) or 'New'})")
+        model_uri, model_version = weights["uri"], weights.get("version")
+
+    names = await apply_children(ctx, [render_rayservice(body, ctx.config.image, model_uri, model_version)])
+    rs = await ctx.kube.get(SERVICE_API, "RayService", ns, names["RayService"])
+    phase, reason, endpoints = rayservice_phase(rs)
+    fields = {"rayService": names["RayService"], "endpoint": endpoint(body), "readyReplicas": endpoints,
+              "model": model_uri or spec.model.uri or spec.model.preset}
+    if model_version:
+        fields["modelVersion"] = model_version
+    message = {"Ready": f"serving at {fields['endpoint']}", "Deploying": "RayService deploying",
+               "Failed": "the Serve application failed (see the RayService status)"}[phase]
+    return Result(phase, phase == "Ready", reason, message, fields)
+
+
+async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
+    await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
+
+
+async def reconcile_dependents(namespace: str, training: str, memo, logger) -> None:
+    """Services serving this training's weights."""
+    for svc in await memo.kube.list(API_VERSION, KIND, namespace):
+        if (svc.get("spec", {}).get("model") or {}).get("training") == training:
+            await reconcile_named(namespace, svc["metadata"]["name"], memo, logger)
+
+
+@kopf.on.event("polyvivid.io", "v1alpha1", "polyvividservices")
+async def on_service_event(type, body, memo, logger, **_):
+    meta = body["metadata"]
+    if type == "DELETED":
+        from .. import metrics
+
+        metrics.set_phase(KIND, meta["namespace"], meta["name"], None)
+        return
+    await reconcile_named(meta["namespace"], meta["name"], memo, logger)
+
+
+@kopf.timer("polyvivid.io", "v1alpha1", "polyvividservices", interval=SYNC_INTERVAL_S)
+async def poll_service(body, memo, logger, **_):
+    await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
+
+
+@kopf.on.event("ray.io", "v1", "rayservices", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+async def on_rayservice_event(type, body, memo, logger, **_):
+    owner = owner_name(body, KIND)
+    if owner:
+        await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)

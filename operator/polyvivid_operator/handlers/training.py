@@ -1,0 +1,117 @@
+"""PolyVividTraining -> a PyTorchJob (and its spec ConfigMap); the status follows the PyTorchJob and
+OUTPUT/progress.json. A dataset that names a CurationJob waits (phase Waiting) until it succeeded."""
+
+from __future__ import annotations
+
+import kopf
+
+from polyvivid.api import PolyVividTraining
+from polyvivid.api.common import API_VERSION
+
+from ..artifacts import read_json
+from ..children.common import MANAGED_BY
+from ..children.pytorchjob import render_configmap, render_pytorchjob
+from ..config import SYNC_INTERVAL_S
+from .common import (Context, InvalidSpec, Result, apply_children, owner_name, phase_of, reconcile_resource,
+                     require_secret, validated)
+
+KIND = "PolyVividTraining"
+JOB_API = "kubeflow.org/v1"
+
+
+def job_phase(job: dict | None) -> tuple[str, str, str]:
+    """(phase, reason, since) from the PyTorchJob's latest true condition (training-operator v1)."""
+    conditions = [c for c in ((job or {}).get("status") or {}).get("conditions", []) if c.get("status") == "True"]
+    if not conditions:
+        return "Pending", "JobCreated", ""
+    latest = conditions[-1]
+    phase = {"Created": "Pending", "Running": "Running", "Restarting": "Running", "Succeeded": "Succeeded",
+             "Failed": "Failed", "Suspended": "Pending"}.get(latest["type"], "Pending")
+    return phase, latest.get("reason") or f"Job{latest['type']}", latest.get("lastTransitionTime", "")
+
+
+async def reconcile(body: dict, ctx: Context) -> Result:
+    spec = validated(PolyVividTraining, body)
+    ns = body["metadata"]["namespace"]
+    if spec.storage.secret_ref:
+        await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
+    if spec.resources.gpus_per_node > ctx.config.max_gpus_per_node:
+        raise InvalidSpec(f"spec.resources.gpusPerNode: {spec.resources.gpus_per_node} GPUs per node requested, "
+                          f"the largest node has {ctx.config.max_gpus_per_node}")
+    dataset_uri = None
+    if spec.dataset.curation_job:
+        name = spec.dataset.curation_job
+        curation = await ctx.kube.get(API_VERSION, "CurationJob", ns, name)
+        if curation is None:
+            raise InvalidSpec(f"spec.dataset.curationJob: CurationJob {name!r} not found in namespace {ns!r}")
+        phase = phase_of(curation)
+        if phase in ("Failed", "Invalid"):
+            return Result("Waiting", False, "CurationFailed", f"CurationJob {name} is {phase}; fix it or use another dataset")
+        if phase != "Succeeded":
+            return Result("Waiting", False, "WaitingForCuration", f"waiting for CurationJob {name} (phase {phase or 'New'})")
+        dataset_uri = curation["spec"]["output"]
+
+    names = await apply_children(ctx, [render_configmap(body), render_pytorchjob(body, ctx.config.image, dataset_uri)])
+    job = await ctx.kube.get(JOB_API, "PyTorchJob", ns, names["PyTorchJob"])
+    phase, reason, since = job_phase(job)
+    fields = {"pytorchJob": names["PyTorchJob"], "configMap": names["ConfigMap"],
+              "dataset": dataset_uri or spec.dataset.uri, "totalSteps": spec.total_steps}
+    message = {"Pending": "PyTorchJob created, pods not running yet", "Running": "training",
+               "Succeeded": "training finished", "Failed": "the PyTorchJob failed (see its pods' logs)"}[phase]
+    if phase != "Pending":
+        progress, why = await read_json(ctx.kube, ns, spec.storage, spec.output, "progress.json")
+        if progress:
+            fields.update({k: progress[src] for k, src in (("stage", "stage"), ("step", "step"), ("loss", "loss"),
+                                                           ("latestCheckpoint", "last_checkpoint")) if src in progress})
+            if progress.get("updated_at"):
+                fields["progressUpdatedAt"] = progress["updated_at"]
+        elif why:
+            message += f" ({why})"
+        if phase == "Succeeded":
+            version = (progress or {}).get("updated_at") if (progress or {}).get("status") == "succeeded" else None
+            fields["finalWeights"] = {"uri": (progress or {}).get("final") or f"{spec.output.rstrip('/')}/final",
+                                      "version": version or since}
+    return Result(phase, phase == "Succeeded", reason, message, fields)
+
+
+async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
+    before = await memo.kube.get(API_VERSION, KIND, namespace, name)
+    result = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
+    if result is None:
+        return
+    old = (before or {}).get("status") or {}
+    if old.get("phase") != result.phase or old.get("finalWeights") != result.fields.get("finalWeights"):
+        from . import service  # services serving this training's weights follow it
+
+        await service.reconcile_dependents(namespace, name, memo, logger)
+
+
+@kopf.on.event("polyvivid.io", "v1alpha1", "polyvividtrainings")
+async def on_training_event(type, body, memo, logger, **_):
+    meta = body["metadata"]
+    if type == "DELETED":
+        from .. import metrics
+
+        metrics.set_phase(KIND, meta["namespace"], meta["name"], None)
+        return
+    await reconcile_named(meta["namespace"], meta["name"], memo, logger)
+
+
+@kopf.timer("polyvivid.io", "v1alpha1", "polyvividtrainings", interval=SYNC_INTERVAL_S)
+async def poll_training(body, memo, logger, **_):
+    """progress.json and a CurationJob being waited on change without any watch event."""
+    await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
+
+
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+async def on_pytorchjob_event(type, body, memo, logger, **_):
+    owner = owner_name(body, KIND)
+    if owner:
+        await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)
+
+
+async def reconcile_dependents(namespace: str, curation_job: str, memo, logger) -> None:
+    """Trainings whose dataset is this CurationJob."""
+    for training in await memo.kube.list(API_VERSION, KIND, namespace):
+        if (training.get("spec", {}).get("dataset") or {}).get("curationJob") == curation_job:
+            await reconcile_named(namespace, training["metadata"]["name"], memo, logger)

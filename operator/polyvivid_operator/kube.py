@@ -1,0 +1,132 @@
+"""The operator's Kubernetes API client: the few calls reconciling needs, over aiohttp.
+
+Credentials come from kopf's own login functions (in-cluster service account, else the kubeconfig
+in $KUBECONFIG), so the operator and kopf always talk to the same cluster as the same user.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from typing import Any
+
+import aiohttp
+import kopf
+
+PLURALS = {"PolyVividTraining": "polyvividtrainings", "CurationJob": "curationjobs",
+           "PolyVividService": "polyvividservices", "PyTorchJob": "pytorchjobs", "RayJob": "rayjobs",
+           "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason = status, reason
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if not info.server.startswith("https"):
+        return False
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context(cafile=info.ca_path or None,
+                                     cadata=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data)
+    if info.certificate_path and info.private_key_path:
+        ctx.load_cert_chain(info.certificate_path, info.private_key_path)
+    return ctx
+
+
+class Kube:
+    def __init__(self, info: kopf.ConnectionInfo):
+        self.server = info.server.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if info.token:
+            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        self.session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),
+                                             timeout=aiohttp.ClientTimeout(total=30))
+
+    @classmethod
+    def from_environment(cls, settings: kopf.OperatorSettings, logger) -> "Kube":
+        from .handlers.lifecycle import login
+
+        info = login(settings=settings, logger=logger)
+        if info is None:
+            raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor $KUBECONFIG")
+        return cls(info)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def path(self, api_version: str, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        path = f"{self.server}{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+        return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    async def _call(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
+                    params: dict | None = None) -> dict | None:
+        data = None if body is None else kopf_json(body)
+        async with self.session.request(method, url, data=data, params=params,
+                                        headers={"Content-Type": content_type}) as r:
+            payload = await r.json(content_type=None)
+            if r.status == 404 and method == "GET":
+                return None
+            if r.status >= 400:
+                raise ApiError(r.status, (payload or {}).get("reason", ""), (payload or {}).get("message", ""))
+            return payload
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        return await self._call("GET", self.path(api_version, kind, namespace, name))
+
+    async def list(self, api_version: str, kind: str, namespace: str) -> list[dict]:
+        return (await self._call("GET", self.path(api_version, kind, namespace)) or {}).get("items", [])
+
+    async def create(self, obj: dict) -> dict:
+        return await self._call("POST", self.path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"]), obj)
+
+    async def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict,
+                          sub: str | None = None) -> dict:
+        return await self._call("PATCH", self.path(api_version, kind, namespace, name, sub), patch,
+                                "application/merge-patch+json")
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = await self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+    async def apply(self, desired: dict) -> str:
+        """Create the child, or patch it where it differs from `desired`: "created", "updated" or "unchanged"."""
+        meta = desired["metadata"]
+        current = await self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        if current is None:
+            try:
+                await self.create(desired)
+                return "created"
+            except ApiError as e:
+                if e.status != 409:  # someone (an earlier run of the operator) created it meanwhile
+                    raise
+                current = await self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        patch = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata", "status")
+                 if not contains(current.get(k), v)}
+        meta_patch = {k: meta[k] for k in ("labels", "ownerReferences") if not contains(current["metadata"].get(k), meta[k])}
+        if not patch and not meta_patch:
+            return "unchanged"
+        if meta_patch:
+            patch["metadata"] = meta_patch
+        await self.merge_patch(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"], patch)
+        return "updated"
+
+
+def contains(current: Any, desired: Any) -> bool:
+    """Whether `current` already says everything `desired` says (the server may add defaults to maps)."""
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(contains(current.get(k), v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(current, list) and len(current) == len(desired) and all(map(contains, current, desired))
+    return current == desired
+
+
+def kopf_json(body: Any) -> bytes:
+    import json
+
+    return json.dumps(body).encode()

@@ -1,0 +1,37 @@
+"""`polyvivid-operator`: run the operator (kopf) on the current cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="polyvivid-operator",
+        description="Reconcile PolyVividTraining, CurationJob and PolyVividService resources into PyTorchJobs, "
+                    "RayJobs and RayServices. Settings from the environment: POLYVIVID_IMAGE (workload image), "
+                    "POLYVIVID_METRICS_PORT (default 8080), POLYVIVID_SYNC_INTERVAL (seconds, default 30), "
+                    "POLYVIVID_MAX_GPUS_PER_NODE (default 8).")
+    parser.add_argument("--namespace", "-n", action="append", default=[],
+                        help="watch only this namespace (repeatable; default: all namespaces)")
+    parser.add_argument("--peering", default=None,
+                        help="kopf peering object name, for several operator replicas (default: standalone)")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness probe endpoint")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    asyncio.run(kopf.operator(
+        clusterwide=not args.namespace, namespaces=args.namespace or None,
+        standalone=args.peering is None, peering_name=args.peering, liveness_endpoint=args.liveness))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""PolyVividTraining through the real operator and an API server over HTTP: create -> PyTorchJob and
+ConfigMap with owner references; the test plays the training operator (writes the PyTorchJob's
+status) and the workload (writes progress.json) and the training's status follows; update; delete;
+restart without duplicates; specs that are still wrong after the schema."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from ..kube.client import wait_for
+from ..openapi import ROOT, upstream_errors
+from .conftest import running_operator
+
+
+def training_manifest(output: str, name: str = "demo", **spec) -> dict:
+    manifest = yaml.safe_load((ROOT / "manifests" / "examples" / "demo-training.yaml").read_text())
+    manifest["metadata"] = {"name": name, "namespace": "ml"}
+    manifest["spec"].update(output=output, **spec)
+    return manifest
+
+
+def ready(obj: dict | None) -> dict:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def job_condition(type_: str, at: str) -> dict:
+    return {"conditions": [{"type": "Created", "status": "True", "lastTransitionTime": "2026-11-24T00:00:00Z"},
+                           {"type": type_, "status": "True", "reason": f"PyTorchJob{type_}", "lastTransitionTime": at}]}
+
+
+def test_training_lifecycle_create_status_update_delete(kube, operator, tmp_path):
+    out = tmp_path / "run"
+    created = kube.create(training_manifest(str(out)))
+    job = wait_for(lambda: kube.get("PyTorchJob", "demo-train"), what="the PyTorchJob")
+    assert upstream_errors(job) == []
+    assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == \
+        "registry.test/polyvivid:ci"
+    cm = kube.get("ConfigMap", "demo-train-spec")
+    assert yaml.safe_load(cm["data"]["training.yaml"])["spec"]["output"] == str(out)
+    pending = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo")) and (t.get("status") or {}).get("phase") and t)
+    assert pending["status"]["phase"] == "Pending" and pending["status"]["pytorchJob"] == "demo-train"
+    assert ready(pending)["observedGeneration"] == 1
+
+    # the training operator starts it; the workload writes progress.json
+    out.mkdir(parents=True)
+    (out / "progress.json").write_text(json.dumps({"status": "running", "step": 3, "total_steps": 8, "loss": 0.25,
+                                                   "stage": "identity", "last_checkpoint": "step-00000002"}))
+    kube.set_status("PyTorchJob", "demo-train", job_condition("Running", "2026-11-24T00:01:00Z"))
+    running = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo"))["status"].get("step") == 3 and t,
+                       what="progress in the status")
+    assert running["status"]["phase"] == "Running" and running["status"]["loss"] == 0.25
+    assert running["status"]["stage"] == "identity" and running["status"]["latestCheckpoint"] == "step-00000002"
+
+    # a spec change reaches the children (generation 2 observed)
+    kube.patch("PolyVividTraining", "demo", {"spec": {"resources": {"nodes": 2, "gpusPerNode": 2}}})
+    job = wait_for(lambda: (j := kube.get("PyTorchJob", "demo-train"))["spec"]["nprocPerNode"] == "2" and j)
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    wait_for(lambda: ready(kube.get("PolyVividTraining", "demo")).get("observedGeneration") == 2)
+
+    # done: final weights with a version, Ready=True, an Event for each transition
+    (out / "progress.json").write_text(json.dumps({"status": "succeeded", "step": 8, "loss": 0.1, "stage": "interaction",
+                                                   "final": f"{out}/final", "updated_at": "2026-11-24T01:00:00+00:00"}))
+    kube.set_status("PyTorchJob", "demo-train", job_condition("Succeeded", "2026-11-24T01:00:01Z"))
+    done = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo"))["status"]["phase"] == "Succeeded" and t)
+    assert done["status"]["finalWeights"] == {"uri": f"{out}/final", "version": "2026-11-24T01:00:00+00:00"}
+    assert ready(done)["status"] == "True"
+    events = wait_for(lambda: [e for e in kube.list("Event") if e["involvedObject"]["name"] == "demo"
+                               and "Succeeded" in e["message"]], what="an Event")
+    assert "Running -> Succeeded" in events[0]["message"]
+
+    # deleting the training removes its children (owner references)
+    kube.delete("PolyVividTraining", "demo")
+    wait_for(lambda: kube.get("PolyVividTraining", "demo") is None, what="the training to go")
+    wait_for(lambda: kube.get("PyTorchJob", "demo-train") is None and kube.get("ConfigMap", "demo-train-spec") is None,
+             what="the children to go")
+
+
+def test_a_restarted_operator_creates_no_duplicates_and_changes_nothing(kube, apiserver, monkeypatch, tmp_path):
+    with running_operator(monkeypatch):
+        kube.create(training_manifest(str(tmp_path / "run")))
+        wait_for(lambda: (kube.get("PolyVividTraining", "demo").get("status") or {}).get("phase") == "Pending")
+    job_before = kube.get("PyTorchJob", "demo-train")
+    status_before = kube.get("PolyVividTraining", "demo")["status"]
+    with running_operator(monkeypatch):
+        wait_for(lambda: apiserver.api.requests_by_verb.get("GET", 0) > 0)
+        import time
+
+        time.sleep(3)  # several timer ticks and the resume
+    assert len(kube.list("PyTorchJob")) == 1 and len(kube.list("ConfigMap")) == 1
+    job_after = kube.get("PyTorchJob", "demo-train")
+    assert job_after["metadata"]["resourceVersion"] == job_before["metadata"]["resourceVersion"]
+    assert kube.get("PolyVividTraining", "demo")["status"]["conditions"] == status_before["conditions"]
+
+
+def test_invalid_specs_get_a_reason_and_no_children(kube, operator, tmp_path):
+    out = str(tmp_path / "run")
+    cases = {
+        "no-secret": ({"storage": {"secretRef": {"name": "missing-creds"}}}, "Secret 'missing-creds' not found"),
+        "no-curation": ({"dataset": {"curationJob": "nope"}}, "CurationJob 'nope' not found"),
+        "too-many-gpus": ({"resources": {"nodes": 1, "gpusPerNode": 16}}, "16 GPUs per node requested"),
+        "two-models": ({"model": {"preset": "tiny", "hunyuanvideo": "s3://b/hv", "llava": "s3://b/ll"}},
+                       "give either preset, or hunyuanvideo and llava"),
+    }
+    for name, (spec, _) in cases.items():
+        kube.create(training_manifest(out, name=name, **spec))
+    for name, (_, message) in cases.items():
+        t = wait_for(lambda: (t := kube.get("PolyVividTraining", name)) and ready(t).get("reason") and t, what=name)
+        assert t["status"]["phase"] == "Invalid", name
+        assert ready(t)["status"] == "False" and ready(t)["reason"] == "InvalidSpec", name
+        assert message in ready(t)["message"], (name, ready(t)["message"])
+        assert kube.get("PyTorchJob", f"{name}-train") is None, name
+    events = [e for e in kube.list("Event") if e["type"] == "Warning" and e["reason"] == "InvalidSpec"]
+    assert {e["involvedObject"]["name"] for e in events} == set(cases)
+
+    # fixing the spec (creating the Secret) lets it run
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "missing-creds"},
+                 "data": {"AWS_ACCESS_KEY_ID": "YQ==", "AWS_SECRET_ACCESS_KEY": "Yg=="}})
+    wait_for(lambda: kube.get("PyTorchJob", "no-secret-train"), what="the PyTorchJob once the Secret exists")
