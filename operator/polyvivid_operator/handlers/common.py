@@ -49,9 +49,6 @@ class Context:
     logger: Any
 
 
-_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-
-
 def validated(model, body: dict):
     """The resource as its pydantic model; rules the CRD schema cannot say fail here."""
     try:
@@ -78,7 +75,7 @@ async def reconcile_resource(kind: str, namespace: str, name: str, reconcile: Ca
                              memo: kopf.Memo, logger) -> Result | None:
     """Reconcile one resource (fresh from the API server) and write its status; None if it is gone."""
     ctx = Context(memo.kube, memo.config, logger)
-    async with _locks.setdefault((kind, namespace, name), asyncio.Lock()):
+    async with memo.locks.setdefault((kind, namespace, name), asyncio.Lock()):
         body = await ctx.kube.get(API_VERSION, kind, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None

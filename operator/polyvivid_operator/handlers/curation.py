@@ -91,7 +91,7 @@ async def on_curation_event(type, body, memo, logger, **_):
     await reconcile_named(meta["namespace"], meta["name"], memo, logger)
 
 
-@kopf.timer("polyvivid.io", "v1alpha1", "curationjobs", interval=SYNC_INTERVAL_S)
+@kopf.timer("polyvivid.io", "v1alpha1", "curationjobs", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
 async def poll_curation(body, memo, logger, **_):
     await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
 

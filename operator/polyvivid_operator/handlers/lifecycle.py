@@ -18,6 +18,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     settings.posting.level = 20  # INFO and up become Kubernetes Events
     settings.watching.server_timeout = 300
     memo.config = OperatorConfig.from_env()
+    memo.locks = {}  # (kind, namespace, name) -> asyncio.Lock: one reconcile at a time per resource
     memo.kube = Kube.from_environment(settings, logger)
     memo.metrics_server = metrics.serve(memo.config.metrics_port) if memo.config.metrics_port else None
     logger.info(f"polyvivid operator: image {memo.config.image}, metrics port {memo.config.metrics_port or 'off'}")

@@ -95,7 +95,7 @@ async def on_service_event(type, body, memo, logger, **_):
     await reconcile_named(meta["namespace"], meta["name"], memo, logger)
 
 
-@kopf.timer("polyvivid.io", "v1alpha1", "polyvividservices", interval=SYNC_INTERVAL_S)
+@kopf.timer("polyvivid.io", "v1alpha1", "polyvividservices", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
 async def poll_service(body, memo, logger, **_):
     await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
 

@@ -97,7 +97,7 @@ async def on_training_event(type, body, memo, logger, **_):
     await reconcile_named(meta["namespace"], meta["name"], memo, logger)
 
 
-@kopf.timer("polyvivid.io", "v1alpha1", "polyvividtrainings", interval=SYNC_INTERVAL_S)
+@kopf.timer("polyvivid.io", "v1alpha1", "polyvividtrainings", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
 async def poll_training(body, memo, logger, **_):
     """progress.json and a CurationJob being waited on change without any watch event."""
     await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
