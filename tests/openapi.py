@@ -3,6 +3,7 @@ CEL rules (x-kubernetes-validations) with cel-python."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -37,8 +38,7 @@ def cel_errors(schema: dict, value, path: str = "") -> list[str]:
     for rule in schema.get("x-kubernetes-validations", []):
         if "oldSelf" in rule["rule"]:
             continue
-        env = celpy.Environment()
-        result = env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        result = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
         if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
             errors.append(f"{path or '.'}: {rule.get('message', rule['rule'])}")
     if isinstance(value, dict):
@@ -53,6 +53,12 @@ def cel_errors(schema: dict, value, path: str = "") -> list[str]:
     return errors
 
 
+@functools.cache
+def _cel_program(rule: str):
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
 def crd_schema(crd: dict, version: str) -> dict:
     (v,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return v["schema"]["openAPIV3Schema"]
@@ -63,16 +69,27 @@ def crd_validator(crd: dict, version: str) -> jsonschema.Draft4Validator:
 
 
 def upstream_crd(file_name: str) -> dict:
-    """An upstream CRD from ../shared/crds/upstream (or $POLYVIVID_UPSTREAM_CRDS); skips when absent."""
+    """An upstream CRD from ../shared/crds/upstream (or $POLYVIVID_UPSTREAM_CRDS); skips when absent.
+    Parsed once per session (the KubeRay CRDs are megabytes): do not modify the result."""
     folder = Path(os.environ.get("POLYVIVID_UPSTREAM_CRDS", ROOT.parent / "shared" / "crds" / "upstream"))
     path = folder / file_name
     if not path.exists():
         pytest.skip(f"upstream CRD {file_name} not found in {folder} (set POLYVIVID_UPSTREAM_CRDS)")
-    return yaml.safe_load(path.read_text())
+    return _parsed(path)
+
+
+@functools.cache
+def _parsed(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.cache
+def _validator(file_name: str, version: str) -> jsonschema.Draft4Validator:
+    return crd_validator(upstream_crd(file_name), version)
 
 
 def upstream_validator(file_name: str, version: str = "v1") -> jsonschema.Draft4Validator:
-    return crd_validator(upstream_crd(file_name), version)
+    return _validator(file_name, version)
 
 
 UPSTREAM_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "RayJob": "ray.io_rayjobs.yaml",
@@ -81,9 +98,7 @@ UPSTREAM_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "RayJob": "ray.
 
 def upstream_errors(obj: dict) -> list[str]:
     """Schema and CEL errors of a child object against its kind's upstream CRD (empty: valid)."""
-    crd = upstream_crd(UPSTREAM_FILES[obj["kind"]])
-    version = obj["apiVersion"].rsplit("/", 1)[1]
-    schema = crd_schema(crd, version)
+    file_name, version = UPSTREAM_FILES[obj["kind"]], obj["apiVersion"].rsplit("/", 1)[1]
     errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in jsonschema.Draft4Validator(as_jsonschema(schema)).iter_errors(obj)]
-    return errors + cel_errors(schema, obj)
+              for e in upstream_validator(file_name, version).iter_errors(obj)]
+    return errors + cel_errors(crd_schema(upstream_crd(file_name), version), obj)

@@ -17,6 +17,7 @@ via KopfRunner) and writes a kubeconfig for kopf, the operator's client and kube
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import logging
@@ -31,7 +32,7 @@ import attrs
 import jsonpatch
 import jsonpointer
 import yaml
-from kmock import KubernetesEmulator, ResourceInfo, Server, resource
+from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import k8s as kmock_k8s
 
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request otherwise
@@ -91,6 +92,13 @@ def matches(obj: dict, terms: list) -> bool:
     return True
 
 
+def secret_string_data(obj: dict) -> None:
+    """A Secret's stringData is write-only: the API server stores it base64-encoded in data."""
+    if obj.get("kind") == "Secret" and obj.get("stringData"):
+        obj["data"] = {**(obj.get("data") or {}),
+                       **{k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop("stringData").items()}}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -105,12 +113,14 @@ class ApiServer(KubernetesEmulator):
     requests_by_verb: dict[str, int] = attrs.field(factory=dict, init=False)
 
     # ------------------------------------------------------------------ declaring resources
-    def declare(self, api_version: str, plural: str, kind: str, namespaced: bool = True, status: bool = True) -> None:
+    def declare(self, api_version: str, plural: str, kind: str, namespaced: bool = True, status: bool = True,
+                short_names: list[str] = (), categories: list[str] = ()) -> None:
         group, version = api_version.rsplit("/", 1) if "/" in api_version else ("", api_version)
         key = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
         self.resources[key] = ResourceInfo(
             kind=kind, singular=kind.lower(), namespaced=namespaced, subresources={"status"} if status else set(),
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"})
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, shortnames=set(short_names),
+            categories=set(categories))
         self._kinds[(group, plural)] = (kind, api_version, namespaced, status)
 
     def declare_core(self) -> None:
@@ -123,7 +133,8 @@ class ApiServer(KubernetesEmulator):
             if version.get("served", True):
                 self.declare(f"{spec['group']}/{version['name']}", spec["names"]["plural"], spec["names"]["kind"],
                              namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                             status="status" in version.get("subresources", {}))
+                             status="status" in version.get("subresources", {}),
+                             short_names=spec["names"].get("shortNames", []), categories=spec["names"].get("categories", []))
 
     # ------------------------------------------------------------------ reading state from the test thread
     def objects(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict]:
@@ -229,6 +240,7 @@ class ApiServer(KubernetesEmulator):
                            message=f'{request.resource.plural} "{meta["name"]}" already exists',
                            details={"name": meta["name"], "kind": request.resource.plural})
         obj["apiVersion"], obj["kind"] = api_version, kind
+        secret_string_data(obj)
         if has_status:
             obj.pop("status", None)  # the status subresource: create ignores status
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now(), generation=1)
@@ -260,6 +272,7 @@ class ApiServer(KubernetesEmulator):
         if current["metadata"].get("deletionTimestamp"):
             meta["deletionTimestamp"] = current["metadata"]["deletionTimestamp"]
         new["apiVersion"], new["kind"] = current["apiVersion"], current["kind"]
+        secret_string_data(new)
         if new == current:
             return current  # a no-op write: no new resourceVersion, no event
         spec_of = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}  # noqa: E731

@@ -16,21 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import kopf
-from pydantic import ValidationError
-
-from polyvivid.api.common import API_VERSION, format_validation_error
+from polyvivid.api.common import API_VERSION
 
 from .. import metrics
 from ..conditions import set_condition
 from ..config import OperatorConfig
 from ..kube import ApiError, Kube, contains
+from ..validation import InvalidSpec
 
 READY = "Ready"
 WARNING_PHASES = {"Failed", "Invalid"}
-
-
-class InvalidSpec(Exception):
-    """The spec passed the CRD schema but cannot run: no children, Ready=False reason InvalidSpec."""
 
 
 @dataclass
@@ -47,14 +42,6 @@ class Context:
     kube: Kube
     config: OperatorConfig
     logger: Any
-
-
-def validated(model, body: dict):
-    """The resource as its pydantic model; rules the CRD schema cannot say fail here."""
-    try:
-        return model.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}).spec
-    except ValidationError as e:
-        raise InvalidSpec(format_validation_error(e, "spec")) from None
 
 
 async def require_secret(ctx: Context, namespace: str, name: str, what: str) -> None:

@@ -12,7 +12,8 @@ from ..artifacts import read_json
 from ..children.common import MANAGED_BY
 from ..children.rayjob import render_configmap, render_rayjob
 from ..config import SYNC_INTERVAL_S
-from .common import Context, InvalidSpec, Result, apply_children, owner_name, reconcile_resource, require_secret, validated
+from ..validation import check_curation, validated
+from .common import Context, Result, apply_children, owner_name, reconcile_resource, require_secret
 
 KIND = "CurationJob"
 JOB_API = "ray.io/v1"
@@ -31,28 +32,12 @@ def rayjob_phase(job: dict | None) -> tuple[str, str]:
     return "Pending", f"Cluster{deployment}" if deployment else "JobCreated"
 
 
-def check_resources(spec, max_gpus: int) -> None:
-    worker = spec.worker
-    if worker.gpus > max_gpus:
-        raise InvalidSpec(f"spec.worker.gpus: {worker.gpus} GPUs per worker requested, the largest node has {max_gpus}")
-    for stage in ("caption", "grounding", "segmentation"):
-        res = getattr(spec, stage).resources
-        if spec.workers and res.gpus > worker.gpus:
-            raise InvalidSpec(f"spec.{stage}.resources.gpus: an actor needs {res.gpus} GPUs, a worker has {worker.gpus}")
-        if spec.workers and res.cpus > worker.cpus:
-            raise InvalidSpec(f"spec.{stage}.resources.cpus: an actor needs {res.cpus} CPUs, a worker has {worker.cpus}")
-        if not spec.workers and res.gpus:
-            raise InvalidSpec(f"spec.{stage}.resources.gpus: the stage needs GPUs but spec.workers is 0")
-
-
 async def reconcile(body: dict, ctx: Context) -> Result:
     spec = validated(CurationJob, body)
     ns = body["metadata"]["namespace"]
     if spec.storage.secret_ref:
         await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
-    if spec.ray_address:
-        raise InvalidSpec("spec.rayAddress: the operator runs curation on a RayCluster of its own; leave it unset")
-    check_resources(spec, ctx.config.max_gpus_per_node)
+    check_curation(spec, ctx.config.max_gpus_per_node)
     names = await apply_children(ctx, [render_configmap(body), render_rayjob(body, ctx.config.image)])
     job = await ctx.kube.get(JOB_API, "RayJob", ns, names["RayJob"])
     phase, reason = rayjob_phase(job)

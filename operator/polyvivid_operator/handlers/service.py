@@ -10,11 +10,11 @@ from polyvivid.api import PolyVividService
 from polyvivid.api.common import API_VERSION
 
 from ..children.common import MANAGED_BY
-from ..children.rayservice import endpoint, render_rayservice, worker_bounds
+from ..children.rayservice import endpoint, render_rayservice
 from ..conditions import condition
 from ..config import SYNC_INTERVAL_S
-from .common import Context, InvalidSpec, Result, apply_children, owner_name, phase_of, reconcile_resource, \
-    require_secret, validated
+from ..validation import InvalidSpec, check_service, validated
+from .common import Context, Result, apply_children, owner_name, phase_of, reconcile_resource, require_secret
 
 KIND = "PolyVividService"
 SERVICE_API = "ray.io/v1"
@@ -40,15 +40,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
     if spec.api_token_secret_ref:
         await require_secret(ctx, ns, spec.api_token_secret_ref.name, "spec.apiTokenSecretRef")
-    if spec.worker.gpus > ctx.config.max_gpus_per_node:
-        raise InvalidSpec(f"spec.worker.gpus: {spec.worker.gpus} GPUs per worker requested, "
-                          f"the largest node has {ctx.config.max_gpus_per_node}")
-    try:
-        worker_bounds(spec)
-    except ValueError:
-        raise InvalidSpec(f"spec.replicas: a replica needs {spec.replicas.gpus_per_replica} GPUs and "
-                          f"{spec.replicas.cpus_per_replica} CPUs, a worker pod has {spec.worker.gpus} and "
-                          f"{spec.worker.cpus} (spec.worker)") from None
+    check_service(spec, ctx.config.max_gpus_per_node)
     model_uri = model_version = None
     if spec.model.training:
         name = spec.model.training

@@ -12,8 +12,8 @@ from ..artifacts import read_json
 from ..children.common import MANAGED_BY
 from ..children.pytorchjob import render_configmap, render_pytorchjob
 from ..config import SYNC_INTERVAL_S
-from .common import (Context, InvalidSpec, Result, apply_children, owner_name, phase_of, reconcile_resource,
-                     require_secret, validated)
+from ..validation import InvalidSpec, check_training, validated
+from .common import Context, Result, apply_children, owner_name, phase_of, reconcile_resource, require_secret
 
 KIND = "PolyVividTraining"
 JOB_API = "kubeflow.org/v1"
@@ -35,9 +35,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     ns = body["metadata"]["namespace"]
     if spec.storage.secret_ref:
         await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
-    if spec.resources.gpus_per_node > ctx.config.max_gpus_per_node:
-        raise InvalidSpec(f"spec.resources.gpusPerNode: {spec.resources.gpus_per_node} GPUs per node requested, "
-                          f"the largest node has {ctx.config.max_gpus_per_node}")
+    check_training(spec, ctx.config.max_gpus_per_node)
     dataset_uri = None
     if spec.dataset.curation_job:
         name = spec.dataset.curation_job
