@@ -8,6 +8,9 @@ model_step: seconds per denoising step (one transformer forward) of
   token_concat_llava_grid  token concatenation, subject images at the LLaVA grid (the paper's ablation)
 all with the same shapes, plus the process's peak RSS (and peak GPU memory on CUDA).
 
+operator: create -> child seconds for 50 PolyVividTrainings through the real operator and the test
+  API server (tests/kube), against creating the children directly.
+
 CPU default: hidden 256, 2 double + 4 single blocks (HunyuanVideo's 1:2), 2304 video tokens.
 GPU (the paper's shapes: a 24x24 LLaVA grid, ~256 text tokens):
   python -m benchmarks.run --only model_step --preset hunyuan-13b --device cuda --dtype bfloat16 \
@@ -417,10 +420,72 @@ def serve(args) -> dict:
             "target_ratio": 1.15, "pass": bool(ratio <= 1.15 and direct_s >= 2.0)}
 
 
+def operator(args) -> dict:
+    """Seconds from creating a PolyVividTraining to its PyTorchJob existing, for 50 trainings created at
+    once, through the real operator (kopf in a thread) and the test API server over HTTP (tests/kube).
+    Baseline: the same 50 PyTorchJobs created directly by a client (the API's own cost)."""
+    import contextlib
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import requests
+    import yaml
+
+    os.environ.setdefault("POLYVIVID_SYNC_INTERVAL", "30")
+    from kopf.testing import KopfRunner
+
+    from tests.conftest import free_port
+    from tests.kube.apiserver import RunningApiServer
+    from tests.kube.client import Kube
+    from tests.operator.conftest import CHILD_KINDS, our_crds
+
+    count = args.operator_resources
+    root = Path(__file__).resolve().parents[1]
+    manifest = yaml.safe_load((root / "manifests" / "examples" / "demo-training.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp, RunningApiServer(Path(tmp), our_crds(), CHILD_KINDS) as server:
+        kube = Kube(server.url, namespace="bench")
+        direct = []
+        for i in range(count):  # baseline: the child written straight to the API
+            start = time.perf_counter()
+            kube.create({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+                         "metadata": {"name": f"direct-{i}"}, "spec": {"pytorchReplicaSpecs": {}}})
+            direct.append(time.perf_counter() - start)
+        port = free_port()
+        os.environ.update(KUBECONFIG=str(server.kubeconfig), POLYVIVID_METRICS_PORT=str(port))
+        with KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "polyvivid_operator"], timeout=120):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(requests.ConnectionError):
+                    if requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).ok:
+                        break
+                time.sleep(0.1)
+            created, seen = {}, {}
+            started = time.perf_counter()
+            for i in range(count):
+                name = f"bench-{i}"
+                kube.create({**manifest, "metadata": {"name": name, "namespace": "bench"}})
+                created[f"{name}-train"] = time.perf_counter()
+            while len(seen) < count and time.perf_counter() - started < 120:
+                now = time.perf_counter()
+                for job in kube.list("PyTorchJob"):
+                    if job["metadata"]["name"] in created:
+                        seen.setdefault(job["metadata"]["name"], now)
+                time.sleep(0.02)
+            total = max(seen.values(), default=started) - started
+    latencies = sorted(seen[n] - created[n] for n in created if n in seen)
+    median, baseline = statistics.median(latencies), statistics.median(direct)
+    return {"name": "operator", "resources": count, "children_seen": len(latencies),
+            "seconds": {"median_create_to_child": round(median, 4), "max_create_to_child": round(latencies[-1], 4),
+                        "total_all_children": round(total, 3), "baseline_direct_create": round(baseline, 5)},
+            "ratio": {"create_to_child/direct_create": round(median / baseline, 1)},
+            "pass": len(latencies) == count}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, curate, clique, serve)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, curate, clique, serve, operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -432,9 +497,10 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--serve-repeats", type=int, default=3, help="timed HTTP requests in the serve bench")
+    parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
     benchmarks = {"model_step": model_step, "train_step": train_step, "curate": curate, "clique": clique,
-                  "serve": serve}
+                  "serve": serve, "operator": operator}
     for name, fn in benchmarks.items():
         if args.only and name != args.only:
             continue

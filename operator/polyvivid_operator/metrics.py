@@ -31,6 +31,12 @@ def set_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
         RESOURCES.labels(kind, p).set(n)
 
 
+def reset() -> None:
+    """Forget all phases (a new operator run in this process re-learns them from the API server)."""
+    _phases.clear()
+    RESOURCES.clear()
+
+
 def serve(port: int, addr: str = "0.0.0.0"):
     server, thread = start_http_server(port, addr=addr, registry=REGISTRY)
     return server

@@ -20,6 +20,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     memo.config = OperatorConfig.from_env()
     memo.locks = {}  # (kind, namespace, name) -> asyncio.Lock: one reconcile at a time per resource
     memo.kube = Kube.from_environment(settings, logger)
+    metrics.reset()
     memo.metrics_server = metrics.serve(memo.config.metrics_port) if memo.config.metrics_port else None
     logger.info(f"polyvivid operator: image {memo.config.image}, metrics port {memo.config.metrics_port or 'off'}")
 
