@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import kopf
-from polyvivid.api.common import API_VERSION
+from polyvivid.api.common import API_VERSION, GROUP, VERSION
 
 from .. import metrics
+from ..children.common import MANAGED_BY
 from ..conditions import set_condition
-from ..config import OperatorConfig
+from ..config import SYNC_INTERVAL_S, OperatorConfig
 from ..kube import ApiError, Kube, contains
 from ..validation import InvalidSpec
 
@@ -107,3 +108,27 @@ def owner_name(child: dict, kind: str) -> str | None:
 
 def phase_of(obj: dict | None) -> str | None:
     return ((obj or {}).get("status") or {}).get("phase")
+
+
+def declare_handlers(kind: str, plural: str, child: tuple[str, str, str],
+                     reconcile_named: Callable[[str, str, kopf.Memo, Any], Awaitable[None]]) -> None:
+    """The kopf handlers of one kind: its watch events and a timer reconcile it (the timer catches what
+    no event announces: progress.json, a dependency); its children's events reconcile their owner."""
+
+    @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-events")
+    async def on_event(type, body, memo, logger, **_):
+        meta = body["metadata"]
+        if type == "DELETED":
+            metrics.set_phase(kind, meta["namespace"], meta["name"], None)
+            return
+        await reconcile_named(meta["namespace"], meta["name"], memo, logger)
+
+    @kopf.timer(GROUP, VERSION, plural, id=f"{plural}-sync", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
+    async def sync(body, memo, logger, **_):
+        await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
+
+    @kopf.on.event(*child, labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id=f"{child[2]}-events")
+    async def on_child_event(type, body, memo, logger, **_):
+        owner = owner_name(body, kind)
+        if owner:
+            await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)

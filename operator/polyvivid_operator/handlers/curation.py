@@ -3,17 +3,13 @@ succeeded shows OUTPUT/summary.json's counts. Trainings waiting for it follow it
 
 from __future__ import annotations
 
-import kopf
-
 from polyvivid.api import CurationJob
 from polyvivid.api.common import API_VERSION
 
 from ..artifacts import read_json
-from ..children.common import MANAGED_BY
 from ..children.rayjob import render_configmap, render_rayjob
-from ..config import SYNC_INTERVAL_S
 from ..validation import check_curation, validated
-from .common import Context, Result, apply_children, owner_name, reconcile_resource, require_secret
+from .common import Context, Result, apply_children, declare_handlers, reconcile_resource, require_secret
 
 KIND = "CurationJob"
 JOB_API = "ray.io/v1"
@@ -65,24 +61,4 @@ async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
         await training.reconcile_dependents(namespace, name, memo, logger)
 
 
-@kopf.on.event("polyvivid.io", "v1alpha1", "curationjobs")
-async def on_curation_event(type, body, memo, logger, **_):
-    meta = body["metadata"]
-    if type == "DELETED":
-        from .. import metrics
-
-        metrics.set_phase(KIND, meta["namespace"], meta["name"], None)
-        return
-    await reconcile_named(meta["namespace"], meta["name"], memo, logger)
-
-
-@kopf.timer("polyvivid.io", "v1alpha1", "curationjobs", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
-async def poll_curation(body, memo, logger, **_):
-    await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
-
-
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-async def on_rayjob_event(type, body, memo, logger, **_):
-    owner = owner_name(body, KIND)
-    if owner:
-        await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)
+declare_handlers(KIND, "curationjobs", ("ray.io", "v1", "rayjobs"), reconcile_named)

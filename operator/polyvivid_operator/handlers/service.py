@@ -4,17 +4,14 @@ out again when they change (the version goes into serveConfigV2)."""
 
 from __future__ import annotations
 
-import kopf
-
 from polyvivid.api import PolyVividService
 from polyvivid.api.common import API_VERSION
 
-from ..children.common import MANAGED_BY
 from ..children.rayservice import endpoint, render_rayservice
 from ..conditions import condition
-from ..config import SYNC_INTERVAL_S
 from ..validation import InvalidSpec, check_service, validated
-from .common import Context, Result, apply_children, owner_name, phase_of, reconcile_resource, require_secret
+from .common import (Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource,
+                     require_secret)
 
 KIND = "PolyVividService"
 SERVICE_API = "ray.io/v1"
@@ -76,24 +73,4 @@ async def reconcile_dependents(namespace: str, training: str, memo, logger) -> N
             await reconcile_named(namespace, svc["metadata"]["name"], memo, logger)
 
 
-@kopf.on.event("polyvivid.io", "v1alpha1", "polyvividservices")
-async def on_service_event(type, body, memo, logger, **_):
-    meta = body["metadata"]
-    if type == "DELETED":
-        from .. import metrics
-
-        metrics.set_phase(KIND, meta["namespace"], meta["name"], None)
-        return
-    await reconcile_named(meta["namespace"], meta["name"], memo, logger)
-
-
-@kopf.timer("polyvivid.io", "v1alpha1", "polyvividservices", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
-async def poll_service(body, memo, logger, **_):
-    await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
-
-
-@kopf.on.event("ray.io", "v1", "rayservices", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-async def on_rayservice_event(type, body, memo, logger, **_):
-    owner = owner_name(body, KIND)
-    if owner:
-        await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)
+declare_handlers(KIND, "polyvividservices", ("ray.io", "v1", "rayservices"), reconcile_named)

@@ -3,17 +3,14 @@ OUTPUT/progress.json. A dataset that names a CurationJob waits (phase Waiting) u
 
 from __future__ import annotations
 
-import kopf
-
 from polyvivid.api import PolyVividTraining
 from polyvivid.api.common import API_VERSION
 
 from ..artifacts import read_json
-from ..children.common import MANAGED_BY
 from ..children.pytorchjob import render_configmap, render_pytorchjob
-from ..config import SYNC_INTERVAL_S
 from ..validation import InvalidSpec, check_training, validated
-from .common import Context, Result, apply_children, owner_name, phase_of, reconcile_resource, require_secret
+from .common import (Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource,
+                     require_secret)
 
 KIND = "PolyVividTraining"
 JOB_API = "kubeflow.org/v1"
@@ -84,32 +81,11 @@ async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
         await service.reconcile_dependents(namespace, name, memo, logger)
 
 
-@kopf.on.event("polyvivid.io", "v1alpha1", "polyvividtrainings")
-async def on_training_event(type, body, memo, logger, **_):
-    meta = body["metadata"]
-    if type == "DELETED":
-        from .. import metrics
-
-        metrics.set_phase(KIND, meta["namespace"], meta["name"], None)
-        return
-    await reconcile_named(meta["namespace"], meta["name"], memo, logger)
-
-
-@kopf.timer("polyvivid.io", "v1alpha1", "polyvividtrainings", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
-async def poll_training(body, memo, logger, **_):
-    """progress.json and a CurationJob being waited on change without any watch event."""
-    await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
-
-
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-async def on_pytorchjob_event(type, body, memo, logger, **_):
-    owner = owner_name(body, KIND)
-    if owner:
-        await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)
-
-
 async def reconcile_dependents(namespace: str, curation_job: str, memo, logger) -> None:
     """Trainings whose dataset is this CurationJob."""
     for training in await memo.kube.list(API_VERSION, KIND, namespace):
         if (training.get("spec", {}).get("dataset") or {}).get("curationJob") == curation_job:
             await reconcile_named(namespace, training["metadata"]["name"], memo, logger)
+
+
+declare_handlers(KIND, "polyvividtrainings", ("kubeflow.org", "v1", "pytorchjobs"), reconcile_named)
