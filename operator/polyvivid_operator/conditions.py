@@ -15,7 +15,8 @@ def set_condition(conditions: list[dict], type_: str, status: bool, reason: str,
     """A new list with the condition `type_` set; the others kept as they are."""
     value = "True" if status else "False"
     old = next((c for c in conditions if c.get("type") == type_), None)
-    changed_at = old["lastTransitionTime"] if old and old.get("status") == value and old.get("lastTransitionTime") else now()
+    unchanged = old and old.get("status") == value and old.get("lastTransitionTime")
+    changed_at = old["lastTransitionTime"] if unchanged else now()
     new = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": changed_at}
     if generation is not None:
         new["observedGeneration"] = generation

@@ -7,6 +7,7 @@ in $KUBECONFIG), so the operator and kopf always talk to the same cluster as the
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 from typing import Any
 
@@ -64,7 +65,7 @@ class Kube:
 
     async def _call(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
                     params: dict | None = None) -> dict | None:
-        data = None if body is None else kopf_json(body)
+        data = None if body is None else json.dumps(body).encode()
         async with self.session.request(method, url, data=data, params=params,
                                         headers={"Content-Type": content_type}) as r:
             payload = await r.json(content_type=None)
@@ -108,7 +109,8 @@ class Kube:
                 current = await self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
         patch = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata", "status")
                  if not contains(current.get(k), v)}
-        meta_patch = {k: meta[k] for k in ("labels", "ownerReferences") if not contains(current["metadata"].get(k), meta[k])}
+        meta_patch = {k: meta[k] for k in ("labels", "ownerReferences")
+                      if not contains(current["metadata"].get(k), meta[k])}
         if not patch and not meta_patch:
             return "unchanged"
         if meta_patch:
@@ -124,9 +126,3 @@ def contains(current: Any, desired: Any) -> bool:
     if isinstance(desired, list):
         return isinstance(current, list) and len(current) == len(desired) and all(map(contains, current, desired))
     return current == desired
-
-
-def kopf_json(body: Any) -> bytes:
-    import json
-
-    return json.dumps(body).encode()

@@ -63,7 +63,8 @@ def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
     env = [{"name": k, "value": v} for k, v in sorted(storage.environment().items())]
     if storage.secret_ref is not None:
         ref = storage.secret_ref
-        env += [{"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_key}}},
+        env += [{"name": "AWS_ACCESS_KEY_ID",
+                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_key}}},
                 {"name": "AWS_SECRET_ACCESS_KEY",
                  "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_key_key}}}]
     return env

@@ -59,7 +59,8 @@ async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     return {child["kind"]: child["metadata"]["name"] for child in children}
 
 
-async def reconcile_resource(kind: str, namespace: str, name: str, reconcile: Callable[[dict, Context], Awaitable[Result]],
+async def reconcile_resource(kind: str, namespace: str, name: str,
+                             reconcile: Callable[[dict, Context], Awaitable[Result]],
                              memo: kopf.Memo, logger) -> Result | None:
     """Reconcile one resource (fresh from the API server) and write its status; None if it is gone."""
     ctx = Context(memo.kube, memo.config, logger)

@@ -41,9 +41,11 @@ async def reconcile(body: dict, ctx: Context) -> Result:
             raise InvalidSpec(f"spec.dataset.curationJob: CurationJob {name!r} not found in namespace {ns!r}")
         phase = phase_of(curation)
         if phase in ("Failed", "Invalid"):
-            return Result("Waiting", False, "CurationFailed", f"CurationJob {name} is {phase}; fix it or use another dataset")
+            return Result("Waiting", False, "CurationFailed",
+                          f"CurationJob {name} is {phase}; fix it or use another dataset")
         if phase != "Succeeded":
-            return Result("Waiting", False, "WaitingForCuration", f"waiting for CurationJob {name} (phase {phase or 'New'})")
+            return Result("Waiting", False, "WaitingForCuration",
+                          f"waiting for CurationJob {name} (phase {phase or 'New'})")
         dataset_uri = curation["spec"]["output"]
 
     names = await apply_children(ctx, [render_configmap(body), render_pytorchjob(body, ctx.config.image, dataset_uri)])
