@@ -60,9 +60,15 @@ def _validator(kind: str):
 
 EXAMPLES = [ROOT / "manifests" / "examples" / "demo-training.yaml", ROOT / "manifests" / "examples" / "demo-service.yaml"]
 MODELS = {"PolyVividTraining": PolyVividTraining, "CurationJob": CurationJob, "PolyVividService": PolyVividService}
+ALL_EXAMPLES = sorted(p for p in (ROOT / "manifests" / "examples").rglob("*.yaml")
+                      if yaml.safe_load(p.read_text()).get("kind") in MODELS)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_is_checked():
+    assert len(ALL_EXAMPLES) == 8  # demo x2, curation, training, service, tiny/ x3
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=[str(p.relative_to(ROOT / "manifests" / "examples")) for p in ALL_EXAMPLES])
 def test_example_manifests_pass_both_the_crd_schema_and_the_model(path):
     manifest = yaml.safe_load(path.read_text())
     _validator(manifest["kind"]).validate(manifest)

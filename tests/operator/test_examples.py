@@ -37,6 +37,16 @@ def test_every_child_of_the_examples_validates_against_the_upstream_crds():
         "s3://polyvivid/datasets/curated-v1"  # the CurationJob's output, resolved from the other file
 
 
+def test_the_tiny_set_renders_cpu_only_children():
+    result = polyvivid("render", *sorted(str(p) for p in (EXAMPLES / "tiny").glob("*.yaml")))
+    assert result.returncode == 0, result.stderr
+    children = [c for c in yaml.safe_load_all(result.stdout) if c["kind"] != "ConfigMap"]
+    assert sorted(c["kind"] for c in children) == ["PyTorchJob", "RayJob", "RayService"]
+    for child in children:
+        assert upstream_errors(child) == []
+        assert "nvidia.com/gpu" not in yaml.safe_dump(child)  # runs on a CPU-only cluster
+
+
 def test_render_errors_are_one_line(tmp_path):
     result = polyvivid("render", str(EXAMPLES / "service.yaml"))
     code, err = result.returncode, result.stderr
