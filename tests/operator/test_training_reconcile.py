@@ -112,8 +112,11 @@ def test_invalid_specs_get_a_reason_and_no_children(kube, operator, tmp_path):
         assert ready(t)["status"] == "False" and ready(t)["reason"] == "InvalidSpec", name
         assert message in ready(t)["message"], (name, ready(t)["message"])
         assert kube.get("PyTorchJob", f"{name}-train") is None, name
-    events = [e for e in kube.list("Event") if e["type"] == "Warning" and e["reason"] == "InvalidSpec"]
-    assert {e["involvedObject"]["name"] for e in events} == set(cases)
+    def warned() -> set[str]:  # kopf posts Events from a queue, shortly after the status write
+        return {e["involvedObject"]["name"] for e in kube.list("Event")
+                if e["type"] == "Warning" and e["reason"] == "InvalidSpec"}
+
+    wait_for(lambda: warned() == set(cases), what="a Warning Event per invalid training")
 
     # fixing the spec (creating the Secret) lets it run
     kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "missing-creds"},
