@@ -23,7 +23,7 @@ from ..children.common import MANAGED_BY
 from ..conditions import set_condition
 from ..config import SYNC_INTERVAL_S, OperatorConfig
 from ..kube import ApiError, Kube, contains
-from ..validation import InvalidSpec
+from ..validation import InvalidSpec, checked_spec
 
 READY = "Ready"
 WARNING_PHASES = {"Failed", "Invalid"}
@@ -50,6 +50,15 @@ async def require_secret(ctx: Context, namespace: str, name: str, what: str) -> 
         raise InvalidSpec(f"{what}: Secret {name!r} not found in namespace {namespace!r}")
 
 
+async def spec_for(body: dict, ctx: Context):
+    """The checked spec (validation.checked_spec), and its storage Secret exists."""
+    spec = checked_spec(body, ctx.config.max_gpus_per_node)
+    if spec.storage.secret_ref:
+        await require_secret(ctx, body["metadata"]["namespace"], spec.storage.secret_ref.name,
+                             "spec.storage.secretRef")
+    return spec
+
+
 async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
     for child in children:
@@ -61,8 +70,9 @@ async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
 
 async def reconcile_resource(kind: str, namespace: str, name: str,
                              reconcile: Callable[[dict, Context], Awaitable[Result]],
-                             memo: kopf.Memo, logger) -> Result | None:
-    """Reconcile one resource (fresh from the API server) and write its status; None if it is gone."""
+                             memo: kopf.Memo, logger) -> tuple[dict, Result] | None:
+    """Reconcile one resource (fresh from the API server) and write its status: (the status it had
+    before, the result), or None if it is gone."""
     ctx = Context(memo.kube, memo.config, logger)
     async with memo.locks.setdefault((kind, namespace, name), asyncio.Lock()):
         body = await ctx.kube.get(API_VERSION, kind, namespace, name)
@@ -81,7 +91,7 @@ async def reconcile_resource(kind: str, namespace: str, name: str,
         metrics.RECONCILES.labels(kind, outcome).inc()
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
         metrics.set_phase(kind, namespace, name, result.phase)
-        return result
+        return body.get("status") or {}, result
 
 
 async def write_status(ctx: Context, body: dict, result: Result) -> None:
@@ -109,6 +119,15 @@ def owner_name(child: dict, kind: str) -> str | None:
 
 def phase_of(obj: dict | None) -> str | None:
     return ((obj or {}).get("status") or {}).get("phase")
+
+
+async def reconcile_referrers(kind: str, namespace: str, field: tuple[str, str], name: str,
+                              reconcile_named: Callable[[str, str, kopf.Memo, Any], Awaitable[None]],
+                              memo: kopf.Memo, logger) -> None:
+    """Reconcile the resources of `kind` whose spec.FIELD[0].FIELD[1] names `name` (they depend on it)."""
+    for obj in await memo.kube.list(API_VERSION, kind, namespace):
+        if ((obj.get("spec") or {}).get(field[0]) or {}).get(field[1]) == name:
+            await reconcile_named(namespace, obj["metadata"]["name"], memo, logger)
 
 
 def declare_handlers(kind: str, plural: str, child: tuple[str, str, str],

@@ -3,13 +3,11 @@ succeeded shows OUTPUT/summary.json's counts. Trainings waiting for it follow it
 
 from __future__ import annotations
 
-from polyvivid.api import CurationJob
-from polyvivid.api.common import API_VERSION
+from polyvivid.api.curation import CurationSpec
 
 from ..artifacts import read_json
 from ..children.rayjob import render_configmap, render_rayjob
-from ..validation import check_curation, validated
-from .common import Context, Result, apply_children, declare_handlers, reconcile_resource, require_secret
+from .common import Context, Result, apply_children, declare_handlers, reconcile_referrers, reconcile_resource, spec_for
 
 KIND = "CurationJob"
 JOB_API = "ray.io/v1"
@@ -29,11 +27,8 @@ def rayjob_phase(job: dict | None) -> tuple[str, str]:
 
 
 async def reconcile(body: dict, ctx: Context) -> Result:
-    spec = validated(CurationJob, body)
+    spec: CurationSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
-    if spec.storage.secret_ref:
-        await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
-    check_curation(spec, ctx.config.max_gpus_per_node)
     names = await apply_children(ctx, [render_configmap(body), render_rayjob(body, ctx.config.image)])
     job = await ctx.kube.get(JOB_API, "RayJob", ns, names["RayJob"])
     phase, reason = rayjob_phase(job)
@@ -46,19 +41,19 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         if summary:
             fields.update(videos=summary.get("videos"), clipsWritten=summary.get("clips_written"),
                           rejected=len(summary.get("rejects", [])),
-                          stages={k: v for k, v in (summary.get("stages") or {}).items()})
+                          stages=summary.get("stages") or {})
         elif why:
             message += f" ({why})"
     return Result(phase, phase == "Succeeded", reason, message, fields)
 
 
 async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
-    before = await memo.kube.get(API_VERSION, KIND, namespace, name)
-    result = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
-    if result is not None and ((before or {}).get("status") or {}).get("phase") != result.phase:
-        from . import training
+    done = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
+    if done is not None and done[0].get("phase") != done[1].phase:
+        from . import training  # trainings waiting for this dataset follow it
 
-        await training.reconcile_dependents(namespace, name, memo, logger)
+        await reconcile_referrers(training.KIND, namespace, ("dataset", "curationJob"), name,
+                                  training.reconcile_named, memo, logger)
 
 
 declare_handlers(KIND, "curationjobs", ("ray.io", "v1", "rayjobs"), reconcile_named)

@@ -4,14 +4,14 @@ out again when they change (the version goes into serveConfigV2)."""
 
 from __future__ import annotations
 
-from polyvivid.api import PolyVividService
+from polyvivid.api.service import ServiceSpec
 from polyvivid.api.common import API_VERSION
 
 from ..children.rayservice import endpoint, render_rayservice
 from ..conditions import condition
-from ..validation import InvalidSpec, check_service, validated
-from .common import (Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource,
-                     require_secret)
+from ..validation import InvalidSpec
+from .common import Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource, require_secret, \
+    spec_for
 
 KIND = "PolyVividService"
 SERVICE_API = "ray.io/v1"
@@ -31,13 +31,10 @@ def rayservice_phase(rs: dict | None) -> tuple[str, str, int]:
 
 
 async def reconcile(body: dict, ctx: Context) -> Result:
-    spec = validated(PolyVividService, body)
+    spec: ServiceSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
-    if spec.storage.secret_ref:
-        await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
     if spec.api_token_secret_ref:
         await require_secret(ctx, ns, spec.api_token_secret_ref.name, "spec.apiTokenSecretRef")
-    check_service(spec, ctx.config.max_gpus_per_node)
     model_uri = model_version = None
     if spec.model.training:
         name = spec.model.training
@@ -65,12 +62,6 @@ async def reconcile(body: dict, ctx: Context) -> Result:
 async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
     await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
 
-
-async def reconcile_dependents(namespace: str, training: str, memo, logger) -> None:
-    """Services serving this training's weights."""
-    for svc in await memo.kube.list(API_VERSION, KIND, namespace):
-        if (svc.get("spec", {}).get("model") or {}).get("training") == training:
-            await reconcile_named(namespace, svc["metadata"]["name"], memo, logger)
 
 
 declare_handlers(KIND, "polyvividservices", ("ray.io", "v1", "rayservices"), reconcile_named)

@@ -3,17 +3,20 @@ OUTPUT/progress.json. A dataset that names a CurationJob waits (phase Waiting) u
 
 from __future__ import annotations
 
-from polyvivid.api import PolyVividTraining
+from polyvivid.api.training import TrainingSpec
 from polyvivid.api.common import API_VERSION
 
 from ..artifacts import read_json
 from ..children.pytorchjob import render_configmap, render_pytorchjob
-from ..validation import InvalidSpec, check_training, validated
-from .common import (Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource,
-                     require_secret)
+from ..validation import InvalidSpec
+from .common import (Context, Result, apply_children, declare_handlers, phase_of, reconcile_referrers,
+                     reconcile_resource, spec_for)
 
 KIND = "PolyVividTraining"
 JOB_API = "kubeflow.org/v1"
+# status field <- progress.json key (polyvivid/train/progress.py)
+PROGRESS_FIELDS = (("stage", "stage"), ("step", "step"), ("loss", "loss"), ("latestCheckpoint", "last_checkpoint"),
+                   ("progressUpdatedAt", "updated_at"))
 
 
 def job_phase(job: dict | None) -> tuple[str, str, str]:
@@ -28,11 +31,8 @@ def job_phase(job: dict | None) -> tuple[str, str, str]:
 
 
 async def reconcile(body: dict, ctx: Context) -> Result:
-    spec = validated(PolyVividTraining, body)
+    spec: TrainingSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
-    if spec.storage.secret_ref:
-        await require_secret(ctx, ns, spec.storage.secret_ref.name, "spec.storage.secretRef")
-    check_training(spec, ctx.config.max_gpus_per_node)
     dataset_uri = None
     if spec.dataset.curation_job:
         name = spec.dataset.curation_job
@@ -57,37 +57,27 @@ async def reconcile(body: dict, ctx: Context) -> Result:
                "Succeeded": "training finished", "Failed": "the PyTorchJob failed (see its pods' logs)"}[phase]
     if phase != "Pending":
         progress, why = await read_json(ctx.kube, ns, spec.storage, spec.output, "progress.json")
-        if progress:
-            fields.update({k: progress[src] for k, src in (("stage", "stage"), ("step", "step"), ("loss", "loss"),
-                                                           ("latestCheckpoint", "last_checkpoint")) if src in progress})
-            if progress.get("updated_at"):
-                fields["progressUpdatedAt"] = progress["updated_at"]
-        elif why:
+        progress = progress or {}
+        fields.update({k: progress[src] for k, src in PROGRESS_FIELDS if progress.get(src) is not None})
+        if why:
             message += f" ({why})"
         if phase == "Succeeded":
-            version = (progress or {}).get("updated_at") if (progress or {}).get("status") == "succeeded" else None
-            fields["finalWeights"] = {"uri": (progress or {}).get("final") or f"{spec.output.rstrip('/')}/final",
+            version = progress.get("updated_at") if progress.get("status") == "succeeded" else None
+            fields["finalWeights"] = {"uri": progress.get("final") or f"{spec.output.rstrip('/')}/final",
                                       "version": version or since}
     return Result(phase, phase == "Succeeded", reason, message, fields)
 
 
 async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
-    before = await memo.kube.get(API_VERSION, KIND, namespace, name)
-    result = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
-    if result is None:
+    done = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
+    if done is None:
         return
-    old = (before or {}).get("status") or {}
+    old, result = done
     if old.get("phase") != result.phase or old.get("finalWeights") != result.fields.get("finalWeights"):
         from . import service  # services serving this training's weights follow it
 
-        await service.reconcile_dependents(namespace, name, memo, logger)
-
-
-async def reconcile_dependents(namespace: str, curation_job: str, memo, logger) -> None:
-    """Trainings whose dataset is this CurationJob."""
-    for training in await memo.kube.list(API_VERSION, KIND, namespace):
-        if (training.get("spec", {}).get("dataset") or {}).get("curationJob") == curation_job:
-            await reconcile_named(namespace, training["metadata"]["name"], memo, logger)
+        await reconcile_referrers(service.KIND, namespace, ("model", "training"), name, service.reconcile_named,
+                                  memo, logger)
 
 
 declare_handlers(KIND, "polyvividtrainings", ("kubeflow.org", "v1", "pytorchjobs"), reconcile_named)
