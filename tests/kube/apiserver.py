@@ -136,12 +136,6 @@ class ApiServer(KubernetesEmulator):
                              status="status" in version.get("subresources", {}),
                              short_names=spec["names"].get("shortNames", []), categories=spec["names"].get("categories", []))
 
-    # ------------------------------------------------------------------ reading state from the test thread
-    def objects(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict]:
-        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
-        return [copy.deepcopy(o) for (g, p, ns, _), o in sorted(self._store.items(), key=lambda kv: kv[0][2:])
-                if (g, p) == (group, plural) and namespace in (None, ns)]
-
     # ------------------------------------------------------------------ discovery fix
     async def _serve_version(self, request):
         payload = await super()._serve_version(request)
@@ -391,10 +385,7 @@ class ApiServer(KubernetesEmulator):
 
 
 class RunningApiServer:
-    """The API server on 127.0.0.1 in a thread of its own, with a kubeconfig at `kubeconfig`.
-
-    Use `call(fn)` to run fn(server) on the server's loop (e.g. to read objects consistently).
-    """
+    """The API server on 127.0.0.1 in a thread of its own, with a kubeconfig at `kubeconfig`."""
 
     def __init__(self, workdir: Path, crds: list[dict] = (), extra: list[tuple[str, str, str]] = ()):
         self.api = ApiServer()
@@ -443,11 +434,3 @@ class RunningApiServer:
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
-
-    def call(self, fn):
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(fn, self.api), self._loop)
-        return future.result(10)
-
-
-async def _as_coroutine(fn, arg):
-    return fn(arg)

@@ -78,8 +78,10 @@ def test_kubectl_apply_of_the_examples_is_reconciled(apiserver, kube, operator):
     assert "polyvividtraining.polyvivid.io/polyvivid created" in applied.stdout
     rayjob = wait_for(lambda: kube.get("RayJob", "raw-videos-curate"), what="the curation's RayJob")
     assert upstream_errors(rayjob) == []
-    training = wait_for(lambda: (t := kube.get("PolyVividTraining", "polyvivid")) and ready(t).get("reason") and t)
-    assert ready(training)["reason"] == "WaitingForCuration"
+    # kubectl applies curation.yaml before minio-credentials.yaml: the CurationJob is InvalidSpec (no
+    # Secret) until the next sync, and the training says CurationFailed meanwhile; then it waits
+    wait_for(lambda: ready(kube.get("PolyVividTraining", "polyvivid")).get("reason") == "WaitingForCuration",
+             what="the training to wait for its CurationJob")
     demo_job = wait_for(lambda: kube.get("PyTorchJob", "demo-train"), what="the demo training's PyTorchJob")
     assert demo_job["spec"]["nprocPerNode"] == "1"
     service = wait_for(lambda: (s := kube.get("PolyVividService", "polyvivid")) and ready(s).get("reason") and s)

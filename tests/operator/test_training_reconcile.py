@@ -6,6 +6,7 @@ restart without duplicates; specs that are still wrong after the schema."""
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 
@@ -84,10 +85,9 @@ def test_a_restarted_operator_creates_no_duplicates_and_changes_nothing(kube, ap
         wait_for(lambda: (kube.get("PolyVividTraining", "demo").get("status") or {}).get("phase") == "Pending")
     job_before = kube.get("PyTorchJob", "demo-train")
     status_before = kube.get("PolyVividTraining", "demo")["status"]
+    gets_before = apiserver.api.requests_by_verb.get("GET", 0)
     with running_operator(monkeypatch):
-        wait_for(lambda: apiserver.api.requests_by_verb.get("GET", 0) > 0)
-        import time
-
+        wait_for(lambda: apiserver.api.requests_by_verb.get("GET", 0) > gets_before, what="the new operator's reads")
         time.sleep(3)  # several timer ticks and the resume
     assert len(kube.list("PyTorchJob")) == 1 and len(kube.list("ConfigMap")) == 1
     job_after = kube.get("PyTorchJob", "demo-train")
