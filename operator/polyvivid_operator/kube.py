@@ -63,11 +63,10 @@ class Kube:
         path = f"{self.server}{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
         return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
-    async def _call(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
-                    params: dict | None = None) -> dict | None:
+    async def _call(self, method: str, url: str, body: Any = None,
+                    content_type: str = "application/json") -> dict | None:
         data = None if body is None else json.dumps(body).encode()
-        async with self.session.request(method, url, data=data, params=params,
-                                        headers={"Content-Type": content_type}) as r:
+        async with self.session.request(method, url, data=data, headers={"Content-Type": content_type}) as r:
             payload = await r.json(content_type=None)
             if r.status == 404 and method == "GET":
                 return None
