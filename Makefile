@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench manifests clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[model,curation,serve,test]"
+	scripts/install_promtool.sh $(VENV)/bin
 	touch $(STAMP)
 
 # The whole local flow: synthetic data -> tiny training -> Ray Serve -> HTTP request -> out/demo.mp4.
@@ -32,6 +33,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# After changing polyvivid/api or the chart: the CRDs (manifests/ and the chart's copy) and install.yaml.
+manifests: $(STAMP)
+	$(VENV)/bin/polyvivid crds --out manifests/crds
+	$(VENV)/bin/polyvivid crds --out charts/polyvivid-operator/crds
+	$(PY) scripts/render_install.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -17,6 +17,7 @@ import kopf
 PLURALS = {"PolyVividTraining": "polyvividtrainings", "CurationJob": "curationjobs",
            "PolyVividService": "polyvividservices", "PyTorchJob": "pytorchjobs", "RayJob": "rayjobs",
            "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets"}
+USER_AGENT = "polyvivid-operator"
 
 
 class ApiError(Exception):
@@ -40,7 +41,7 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 class Kube:
     def __init__(self, info: kopf.ConnectionInfo):
         self.server = info.server.rstrip("/")
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}  # named in the cluster's audit log
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         self.session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=_ssl_context(info)),

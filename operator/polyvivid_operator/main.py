@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polyvivid-operator",
         description="Reconcile PolyVividTraining, CurationJob and PolyVividService resources into PyTorchJobs, "
@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="kopf peering object name, for several operator replicas (default: standalone)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness probe endpoint")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
 
     import kopf

@@ -27,6 +27,7 @@ from PIL import Image
 
 from ..api.curation import CurationSpec
 from ..storage import ObjectNotFound, StorageError, open_store
+from ..telemetry import CURATION
 from ..video import png_bytes
 from .dataset import MANIFEST, SampleRecord, SubjectRecord
 from .shots import (
@@ -57,10 +58,10 @@ def _metrics():
     if not _METRICS:
         from ray.util.metrics import Counter as RayCounter, Histogram
 
-        _METRICS["rows"] = RayCounter("polyvivid_curate_rows", "rows leaving a curation stage, by result",
-                                      tag_keys=("stage", "result"))
-        _METRICS["seconds"] = Histogram("polyvivid_curate_stage_seconds", "seconds a row spends in a stage",
-                                        boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60], tag_keys=("stage",))
+        rows, seconds = CURATION["rows"], CURATION["seconds"]
+        _METRICS["rows"] = RayCounter(rows.name, rows.help, tag_keys=rows.labels)
+        _METRICS["seconds"] = Histogram(seconds.name, seconds.help, boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60],
+                                        tag_keys=seconds.labels)
     return _METRICS
 
 

@@ -9,9 +9,9 @@
 --local` calls the same builder. Job state lives in the store, so any replica (or a restarted one)
 answers for any job; the ingress hands unfinished jobs over again when it (re)starts.
 
-Metrics (ray.serve.metrics; Ray exports them with a `ray_` prefix next to its own `ray_serve_*`):
-polyvivid_videos_generated_total, polyvivid_generation_seconds, polyvivid_jobs_inflight,
-polyvivid_request_rejections_total{reason}.
+Metrics (ray.serve.metrics, named in polyvivid/telemetry.py SERVING; Ray exports them with a `ray_` prefix
+next to its own `ray_serve_*`): ray_polyvivid_videos_generated_total, ray_polyvivid_generation_seconds,
+ray_polyvivid_jobs_inflight, ray_polyvivid_request_rejections_total{reason}.
 """
 
 # No `from __future__ import annotations`: Serve rebuilds the route signatures and FastAPI must see
@@ -34,6 +34,7 @@ from ray.serve.handle import DeploymentHandle
 from ..api.common import field_path
 from ..api.service import ServiceSpec
 from ..storage import S3Store, StorageError, open_store
+from ..telemetry import SERVING
 from .config import TOKEN_ENV
 from .jobs import JobNotFound, JobStore
 from .schema import TERMINAL, JobAccepted, JobView, RequestRejected, VideoRequest, check_request, parse_body
@@ -75,8 +76,8 @@ class Generator:
         self.pipe = load_pipeline(self.model_ref, torch_dtype=dtype, base=spec.model.base_model)
         self.pipe.to(device=self.device)
         self.pipe.set_progress_bar_config(disable=True)  # progress goes to the job record instead
-        self.generated = Counter("polyvivid_videos_generated", "videos generated successfully")
-        self.seconds = Histogram("polyvivid_generation_seconds", "seconds from start of generation to stored video",
+        self.generated = Counter(SERVING["generated"].name, SERVING["generated"].help)
+        self.seconds = Histogram(SERVING["seconds"].name, SERVING["seconds"].help,
                                  boundaries=[0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600])
         log.info("generator ready: %s on %s", self.model_ref, self.device)
 
@@ -186,8 +187,9 @@ class Ingress:
         self._accepting = 0  # requests past the queue check whose record is being written
         self._recovered = False
         self._model: str | None = None  # what a generator answered it serves, once one did
-        self.inflight_gauge = Gauge("polyvivid_jobs_inflight", "accepted jobs not yet finished")
-        self.rejections = Counter("polyvivid_request_rejections", "requests refused, by reason", tag_keys=("reason",))
+        self.inflight_gauge = Gauge(SERVING["inflight"].name, SERVING["inflight"].help)
+        self.rejections = Counter(SERVING["rejections"].name, SERVING["rejections"].help,
+                                  tag_keys=SERVING["rejections"].labels)
         api.state.ingress = self
 
     # -- job hand-over ------------------------------------------------------------------------

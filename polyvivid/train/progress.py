@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timezone
 
 from ..storage import ArtifactStore, StorageError, with_retries
+from ..telemetry import TRAINING
 
 PROGRESS = "progress.json"
 HISTORY = 2000  # losses kept in progress.json
@@ -22,14 +23,8 @@ class ProgressReporter:
             from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
             registry = CollectorRegistry()
-            self.metrics = {
-                "loss": Gauge("polyvivid_train_loss", "training loss of the last step", registry=registry),
-                "step": Gauge("polyvivid_train_step", "optimizer steps done", registry=registry),
-                "total": Gauge("polyvivid_train_total_steps", "optimizer steps planned", registry=registry),
-                "samples": Gauge("polyvivid_train_samples_per_second", "training throughput", registry=registry),
-                "seconds": Gauge("polyvivid_train_step_seconds", "seconds of the last step", registry=registry),
-                "skipped": Counter("polyvivid_train_samples_skipped", "unreadable samples skipped", registry=registry),
-            }
+            kinds = {"gauge": Gauge, "counter": Counter}
+            self.metrics = {key: kinds[s.kind](s.name, s.help, registry=registry) for key, s in TRAINING.items()}
             self.metrics["total"].set(total_steps)
             self.server, _ = start_http_server(metrics_port, addr=metrics_addr, registry=registry)
 

@@ -34,12 +34,27 @@ import jsonpointer
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import k8s as kmock_k8s
+from kmock._internal import parsing as kmock_parsing
 
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request otherwise
 
 Key = tuple[str, str, str | None, str]  # group, plural, namespace, name
 
 CORE = {"configmaps": "ConfigMap", "secrets": "Secret", "events": "Event", "namespaces": "Namespace"}
+
+
+def _parse_path(path: str, _kmock_parse=kmock_parsing.parse_path):
+    """kmock reads /api/v1/namespaces[/NAME] as the start of a namespaced path and fails on it (an
+    operator watching given namespaces lists and watches Namespace objects): parse it as the
+    cluster-scoped `namespaces` resource."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 5 and (len(parts) <= 4 or parts[4] == "status"):
+        return kmock_parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) > 3 else None,
+                                        parts[4] if len(parts) > 4 else None)
+    return _kmock_parse(path)
+
+
+kmock_parsing.parse_path = _parse_path
 
 
 class ApiError(kmock_k8s.KubernetesError):
@@ -111,6 +126,8 @@ class ApiServer(KubernetesEmulator):
     _watchers: list[tuple[tuple[str, str], asyncio.Queue]] = attrs.field(factory=list, init=False)
     _kinds: dict[tuple[str, str], tuple[str, str, bool, bool]] = attrs.field(factory=dict, init=False)
     requests_by_verb: dict[str, int] = attrs.field(factory=dict, init=False)
+    # every resource request as RBAC sees it: (user agent, verb, group, resource[/subresource], namespace)
+    audit: list[tuple[str, str, str, str, str | None]] = attrs.field(factory=list, init=False)
 
     # ------------------------------------------------------------------ declaring resources
     def declare(self, api_version: str, plural: str, kind: str, namespaced: bool = True, status: bool = True,
@@ -151,6 +168,7 @@ class ApiServer(KubernetesEmulator):
             return await super()._handle(request)  # discovery: kmock's
         method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
         self.requests_by_verb[method] = self.requests_by_verb.get(method, 0) + 1
+        self._audit(request, method)
         try:
             kind_info = self._kinds.get((res.group, res.plural))
             if kind_info is None:
@@ -174,6 +192,15 @@ class ApiServer(KubernetesEmulator):
         except ApiError as e:
             return await self._render_error(e)
         return aiohttp.web.json_response(body)
+
+    def _audit(self, request, method: str) -> None:
+        if method == "GET":
+            verb = "watch" if request.params.get("watch") in ("true", "1") else "get" if request.name else "list"
+        else:
+            verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method, method)
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        self.audit.append((request.headers.get("User-Agent", ""), verb, request.resource.group or "", resource,
+                           request.namespace))
 
     def _key(self, request, name: str | None = None) -> Key:
         return (request.resource.group, request.resource.plural, request.namespace, name or request.name)

@@ -40,12 +40,14 @@ def kube(apiserver) -> Kube:
 
 
 @contextlib.contextmanager
-def running_operator(monkeypatch, metrics_port: int | None = None):
-    """The real operator (`kopf run -m polyvivid_operator`) until the block ends; fails the test on a crash."""
+def running_operator(monkeypatch, metrics_port: int | None = None, namespaces: list[str] = ()):
+    """The real operator (`kopf run -m polyvivid_operator`) until the block ends; fails the test on a crash.
+    namespaces: watch only these (as the chart's watchNamespaces does), else all."""
     port = metrics_port or free_port()
     monkeypatch.setenv("POLYVIVID_METRICS_PORT", str(port))
     monkeypatch.setenv("POLYVIVID_IMAGE", "registry.test/polyvivid:ci")
-    args = ["run", "--standalone", "--all-namespaces", "-m", "polyvivid_operator"]
+    scope = [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
+    args = ["run", "--standalone", *scope, "-m", "polyvivid_operator"]
     with KopfRunner(args, timeout=60) as runner:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # ready once its metrics endpoint answers

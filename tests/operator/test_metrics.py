@@ -1,13 +1,16 @@
 """The operator's Prometheus endpoint, scraped over HTTP and parsed as the exposition format:
-reconciles by kind and result, reconcile duration, resources by kind and phase."""
+reconciles by kind and result, reconcile duration, resources by kind and phase, each resource's phase and
+each training's step (the series the alert rules in charts/polyvivid-operator/files/alerts.yaml select)."""
 
 from __future__ import annotations
+
+import json
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..kube.client import wait_for
-from .test_training_reconcile import training_manifest
+from .test_training_reconcile import job_condition, training_manifest
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -18,8 +21,8 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     return samples
 
 
-def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(samples: dict, metric: str, /, **labels) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_count_reconciles_and_resources_by_phase(kube, operator, tmp_path):
@@ -38,3 +41,25 @@ def test_metrics_count_reconciles_and_resources_by_phase(kube, operator, tmp_pat
     kube.delete("PolyVividTraining", "bad")
     wait_for(lambda: value(scrape(operator.metrics_url), "polyvivid_operator_resources", kind=kind, phase="Invalid") == 0,
              what="the deleted resource to leave the gauge")
+
+
+def test_each_resource_phase_and_training_step_are_exported(kube, operator, tmp_path):
+    out = tmp_path / "run"
+    kube.create(training_manifest(str(out), name="t1"))
+    wait_for(lambda: kube.get("PyTorchJob", "t1-train"), what="the PyTorchJob")
+    out.mkdir(parents=True)
+    (out / "progress.json").write_text(json.dumps({"status": "running", "step": 7, "loss": 0.5}))
+    kube.set_status("PyTorchJob", "t1-train", job_condition("Running", "2026-11-24T00:01:00Z"))
+    running = dict(kind="PolyVividTraining", namespace="ml", name="t1", phase="Running")
+    samples = wait_for(lambda: (s := scrape(operator.metrics_url))
+                       and value(s, "polyvivid_operator_resource_phase", **running) == 1 and s,
+                       what="the training's phase series")
+    assert value(samples, "polyvivid_operator_training_step", namespace="ml", name="t1") == 7
+    assert value(samples, "polyvivid_operator_resource_phase", **{**running, "phase": "Pending"}) == 0  # one series
+
+    kube.set_status("PyTorchJob", "t1-train", job_condition("Failed", "2026-11-24T00:02:00Z"))
+    wait_for(lambda: value(scrape(operator.metrics_url), "polyvivid_operator_resource_phase",
+                           **{**running, "phase": "Failed"}) == 1, what="the Failed phase")
+    kube.delete("PolyVividTraining", "t1")
+    wait_for(lambda: not any(name in ("polyvivid_operator_resource_phase", "polyvivid_operator_training_step")
+                             for name, _ in scrape(operator.metrics_url)), what="the series to go with the resource")

@@ -19,6 +19,7 @@ from polyvivid.serve.client import ApiError
 from polyvivid.storage import S3Settings, open_store
 from polyvivid.video import decode_mp4, png_bytes
 
+from ..observability.promql import queried_names
 from .conftest import running_server, service_manifest, write_manifest
 
 TOKEN = "s3cr3t-token-for-tests"
@@ -209,6 +210,14 @@ def test_eight_concurrent_clients_past_a_queue_of_four_lose_nothing(server, imag
     assert metrics.get("ray_polyvivid_videos_generated_total", 0) >= 8, metrics
     assert metrics.get("ray_polyvivid_generation_seconds_count", 0) >= 8, metrics
     assert "ray_polyvivid_jobs_inflight" in metrics, metrics
+
+    # every serving series the Grafana dashboard and the alert rules query is in a real scrape
+    with urllib.request.urlopen(server.metrics_url) as resp:
+        scraped = {line.split("{")[0].split(" ")[0] for line in resp.read().decode().splitlines()
+                   if line and not line.startswith("#")}
+    serving = {n for n in queried_names() if n.startswith("ray_serve_")
+               or (n.startswith("ray_polyvivid_") and not n.startswith("ray_polyvivid_curate_"))}
+    assert serving and serving <= scraped, sorted(serving - scraped)
 
 
 def test_request_command_follows_the_job_and_writes_the_mp4(server, images, tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 
 from polyvivid.api import PolyVividTraining
 
-from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, pod_placement, pod_security_context, security_context,
+from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, labels, pod_placement, pod_security_context, security_context,
                      spec_configmap, spec_volume, workload_env)
 
 SPEC_FILE = "training.yaml"
@@ -49,7 +49,8 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
         "volumeMounts": [mount, {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": security_context(),
     }
-    pod = {"spec": {
+    # the labels let the chart's PodMonitor find rank 0's metrics port
+    pod = {"metadata": {"labels": labels(training, "training")}, "spec": {
         "containers": [container],
         "volumes": [volume, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
         "securityContext": pod_security_context(),

@@ -11,7 +11,7 @@ from typing import Any
 
 from polyvivid.api import CurationJob
 
-from .common import DEFAULT_IMAGE, SPEC_DIR, child_metadata, spec_configmap, spec_volume, workload_env
+from .common import DEFAULT_IMAGE, SPEC_DIR, child_metadata, labels, spec_configmap, spec_volume, workload_env
 from .raycluster import ray_cluster_spec
 
 SPEC_FILE = "curation.yaml"
@@ -32,7 +32,7 @@ def render_rayjob(job: dict, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     volume, mount = spec_volume(names(job)["configmap"])
     cluster = ray_cluster_spec(image=spec.scheduling.image or image, env=workload_env(spec.storage),
                                worker=spec.worker, scheduling=spec.scheduling,
-                               min_workers=spec.workers, max_workers=spec.workers,
+                               min_workers=spec.workers, max_workers=spec.workers, pod_labels=labels(job, "curation"),
                                volumes=[volume], mounts=[mount], head_runs_work=spec.workers == 0)
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",

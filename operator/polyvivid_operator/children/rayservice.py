@@ -18,7 +18,7 @@ from polyvivid.api import PolyVividService
 from polyvivid.api.service import ServiceSpec
 from polyvivid.serve.config import TOKEN_ENV, serve_config_v2
 
-from .common import DEFAULT_IMAGE, child_metadata, workload_env
+from .common import DEFAULT_IMAGE, child_metadata, labels, workload_env
 from .raycluster import ray_cluster_spec
 
 SERVE_PORT = 8000
@@ -70,6 +70,7 @@ def render_rayservice(service: dict, image: str = DEFAULT_IMAGE, model_uri: str 
             "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
             "upgradeStrategy": {"type": "NewCluster"},
             "rayClusterConfig": ray_cluster_spec(image=spec.scheduling.image or image, env=env, worker=spec.worker,
-                                                 scheduling=spec.scheduling, min_workers=low, max_workers=high),
+                                                 scheduling=spec.scheduling, min_workers=low, max_workers=high,
+                                                 pod_labels=labels(service, "serving")),
         },
     }

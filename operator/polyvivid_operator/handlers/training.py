@@ -6,6 +6,7 @@ from __future__ import annotations
 from polyvivid.api.training import TrainingSpec
 from polyvivid.api.common import API_VERSION
 
+from .. import metrics
 from ..artifacts import read_json
 from ..children.pytorchjob import render_configmap, render_pytorchjob
 from ..validation import InvalidSpec
@@ -59,6 +60,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         progress, why = await read_json(ctx.kube, ns, spec.storage, spec.output, "progress.json")
         progress = progress or {}
         fields.update({k: progress[src] for k, src in PROGRESS_FIELDS if progress.get(src) is not None})
+        metrics.set_training_step(ns, body["metadata"]["name"], progress.get("step"))
         if why:
             message += f" ({why})"
         if phase == "Succeeded":
