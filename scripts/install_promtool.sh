@@ -3,7 +3,7 @@
 # package: only the binary is unpacked, nothing is installed system-wide and no service is started.
 # Usage: scripts/install_promtool.sh .venv/bin
 set -euo pipefail
-dest=${1:?usage: install_promtool.sh DEST_DIR}
+dest=$(cd "${1:?usage: install_promtool.sh DEST_DIR}" && pwd)
 if [ -x "$dest/promtool" ]; then exit 0; fi
 if command -v promtool >/dev/null 2>&1; then ln -sf "$(command -v promtool)" "$dest/promtool"; exit 0; fi
 if ! command -v apt-get >/dev/null 2>&1; then
