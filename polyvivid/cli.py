@@ -184,6 +184,61 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--max-gpus-per-node", type=int, default=8, help="the largest node's GPUs (default 8)")
     render.set_defaults(run=cmd_render)
 
+    ev = sub.add_parser(
+        "eval", help="score generated videos: Face-sim, DINO-sim, CLIP-B/L, temporal consistency, FVD",
+        description="Score VIDEOS/CASE_ID.mp4 against the cases (prompt and subject images) and print a table "
+                    "with the paper's Table 1 columns; --out writes the report as JSON (means, per-case scores, "
+                    "counts of frames without a face or subject). Each metric needs its models (paths or s3:// "
+                    "URIs); --preset tiny uses random tiny ones (smoke tests: the numbers mean nothing).",
+        epilog="example: polyvivid eval --videos s3://runs/r1/eval --cases cases.jsonl --metrics clip-b,temporal "
+               "--clip-b models/clip-vit-base-patch32 --out report.json")
+    ev.add_argument("--videos", required=True, metavar="URI", help="directory or s3:// prefix of CASE_ID.mp4 files")
+    ev.add_argument("--cases", required=True, metavar="CASES.jsonl", help="the test set (see `polyvivid eval-cases`)")
+    ev.add_argument("--metrics", default="face,dino,clip-b,clip-l,temporal,fvd",
+                    help="comma-separated, from face, dino, clip-b, clip-l, temporal, fvd (default: all)")
+    ev.add_argument("--out", metavar="REPORT.json", help="write the report here")
+    ev.add_argument("--label", help="the table row's name (default: the videos' directory name)")
+    ev.add_argument("--compare", action="append", default=[], metavar="REPORT.json",
+                    help="add an earlier report as a row of the table (repeatable)")
+    ev.add_argument("--max-frames", type=int, default=None, metavar="N",
+                    help="score N evenly spaced frames per video (default: all)")
+    ev.add_argument("--real-videos", metavar="URI", help="real videos (*.mp4) for FVD (default: each case's "
+                                                         "reference_video)")
+    gen = ev.add_argument_group("generating the videos first (with --model: cases without a video are generated "
+                                "into --videos)")
+    gen.add_argument("--model", metavar="URI", help="PolyVivid weights or checkpoint (path, s3:// URI) or a preset")
+    gen.add_argument("--base-model", metavar="URI", help="where the weights' base model lives now (hunyuanvideo/, llava/)")
+    gen.add_argument("--num-frames", type=int, default=33, help="frames per video, 4k+1 (default 33)")
+    gen.add_argument("--height", type=int, default=256, help="default 256")
+    gen.add_argument("--width", type=int, default=256, help="default 256")
+    gen.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    gen.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale (default 6.0)")
+    models = ev.add_argument_group("models (directories in Hugging Face layout, or TorchScript / .pt2 files)")
+    models.add_argument("--clip-b", metavar="DIR", help="CLIP ViT-B: CLIP-B, temporal consistency")
+    models.add_argument("--clip-l", metavar="DIR", help="CLIP ViT-L: CLIP-L")
+    models.add_argument("--dinov2", metavar="DIR", help="DINOv2: DINO-sim")
+    models.add_argument("--grounding", metavar="DIR", help="Florence-2: finds each subject for DINO-sim")
+    models.add_argument("--sam2", metavar="DIR", help="SAM2: cuts each subject out for DINO-sim")
+    models.add_argument("--face-detector", metavar="FILE", help="TorchScript face detector: Face-sim")
+    models.add_argument("--face-embedder", metavar="FILE", help="TorchScript ArcFace-style embedder: Face-sim")
+    models.add_argument("--i3d", metavar="FILE", help="TorchScript I3D for FVD (default: CLIP-B features)")
+    models.add_argument("--preset", choices=["tiny"], help="random tiny models for every metric")
+    ev.set_defaults(run=cmd_eval)
+
+    cases = sub.add_parser(
+        "eval-cases", help="build an evaluation test set: subject pairs with interaction prompts",
+        description="Write COUNT two-subject cases (as the paper's 100 pairs: human-object, human-animal, "
+                    "human-human, animal-object, animal-animal) with an interaction prompt each, from a directory "
+                    "of subject images SUBJECTS/{human,animal,object}/WORD.png, or from drawn sample subjects.")
+    source = cases.add_mutually_exclusive_group(required=True)
+    source.add_argument("--subjects", metavar="DIR", help="human/, animal/, object/ folders of WORD.png images")
+    source.add_argument("--drawn", action="store_true",
+                        help="draw sample subjects (man, tiger, dog, guitar) beside OUT and use them")
+    cases.add_argument("--out", required=True, metavar="CASES.jsonl", help="where to write the cases")
+    cases.add_argument("--count", type=int, default=100, help="how many cases (default 100)")
+    cases.add_argument("--seed", type=int, default=0, help="which pairs and prompts (default 0)")
+    cases.set_defaults(run=cmd_eval_cases)
+
     samples = sub.add_parser("sample-subjects", help="write drawn sample subject images (for the demo)",
                              description="Write PNG drawings of a man, a guitar, a tiger and a dog to DIR.")
     samples.add_argument("--out", required=True, help="directory to write WORD.png files into")
@@ -465,6 +520,122 @@ def cmd_sample_subjects(args) -> int:
     for word in SAMPLES:
         draw_subject(word).save(out / f"{word}.png")
         print(out / f"{word}.png")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .eval.cases import InvalidCases, read_cases
+    from .eval.runner import METRICS, EvalModels, MissingModel, evaluate, format_table, read_video
+    from .storage import StorageError, open_store
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise UsageError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+    if args.max_frames is not None and args.max_frames < 2:
+        raise UsageError("--max-frames: at least 2")
+    models = EvalModels(clip_b=args.clip_b, clip_l=args.clip_l, dinov2=args.dinov2, grounding=args.grounding,
+                        sam2=args.sam2, face_detector=args.face_detector, face_embedder=args.face_embedder,
+                        i3d=args.i3d, preset=args.preset)
+    earlier = []
+    for path in args.compare:
+        try:
+            earlier.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--compare {path}: not a report ({e.__class__.__name__})") from None
+    try:
+        models.check(metrics)
+        cases = read_cases(args.cases)
+        real = None
+        if args.real_videos:
+            store = open_store(args.real_videos)
+            names = sorted(k for k in store.list() if k.endswith(".mp4"))
+            if not names:
+                raise UsageError(f"--real-videos: no .mp4 files under {args.real_videos}")
+            real = [read_video(f"{args.real_videos.rstrip('/')}/{k}") for k in names]
+        label = args.label or args.videos.rstrip("/").rsplit("/", 1)[-1]
+        if args.model:
+            _generate_eval_videos(args, cases)
+        report = evaluate(cases, args.videos, metrics, models, real_videos=real, max_frames=args.max_frames,
+                          label=label)
+    except (InvalidCases, MissingModel, StorageError) as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:  # no videos found, FVD with too few videos
+        raise UsageError(str(e)) from None
+    print(format_table(earlier + [report]))
+    counts = report["counts"]
+    print(f"{counts['videos']}/{counts['cases']} cases scored"
+          + (f"; missing videos: {', '.join(counts['videos_missing'])}" if counts["videos_missing"] else "")
+          + (f"; frames without a face: {counts['frames_without_face']}" if "face" in metrics else "")
+          + (f"; frames without the subject: {counts['frames_without_subject']}" if "dino" in metrics else ""))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _generate_eval_videos(args, cases) -> None:
+    import torch
+
+    from .eval.generate import GenerationSettings, generate_case_videos
+    from .model.pipeline import load_pipeline
+    from .model.presets import PRESETS
+    from .model.request import InvalidRequest
+    from .storage import StorageError
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        pipe = load_pipeline(args.model, torch_dtype=dtype, base=args.base_model)
+    except (FileNotFoundError, OSError, StorageError) as e:
+        known = f" (or a preset: {', '.join(PRESETS)})" if "://" not in args.model else ""
+        raise UsageError(f"--model: {e}{known}") from None
+    pipe.to(device=device)
+    pipe.set_progress_bar_config(disable=True)
+    settings = GenerationSettings(num_frames=args.num_frames, height=args.height, width=args.width, steps=args.steps,
+                                  guidance=args.guidance)
+    try:
+        made = generate_case_videos(pipe, cases, args.videos, settings)
+    except InvalidRequest as e:
+        raise UsageError(f"generation: {e}") from None
+    print(f"generated {len(made)} videos into {args.videos} ({len(cases) - len(made)} were there already)")
+
+
+def cmd_eval_cases(args) -> int:
+    from .eval.cases import InvalidCases, build_cases, subject_library, write_cases
+
+    if args.count < 1:
+        raise UsageError("--count: at least 1")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.drawn:
+        from .samples import draw_subject
+
+        root = out.parent / "subjects"
+        for kind, words in (("human", ["man"]), ("animal", ["tiger", "dog"]), ("object", ["guitar"])):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+            for word in words:
+                draw_subject(word).save(root / kind / f"{word}.png")
+    else:
+        root = Path(args.subjects)
+        if not root.is_dir():
+            raise UsageError(f"--subjects: not a directory: {root}")
+    try:
+        library = subject_library(root)
+        # image paths relative to the cases file, so the set moves as one directory
+        cases = build_cases(library, count=args.count, seed=args.seed,
+                            image_prefix=f"{os.path.relpath(root, out.parent)}/")
+    except InvalidCases as e:
+        raise UsageError(str(e)) from None
+    write_cases(cases, out)
+    kinds = {}
+    for case in cases:
+        key = "-".join(s.kind for s in case.subjects)
+        kinds[key] = kinds.get(key, 0) + 1
+    print(f"wrote {len(cases)} cases to {out} ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})")
     return 0
 
 

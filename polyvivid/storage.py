@@ -350,3 +350,22 @@ def materialize_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Pat
         open_store(uri).download_dir("", local)
         marker.touch()
     return local
+
+
+def materialize_file(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local path holding the file stored at `uri` (downloaded once for S3)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3":
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if not path.is_file():
+            raise ObjectNotFound(f"no such file: {uri}")
+        return path
+    cache_root = Path(cache_dir or os.environ.get("POLYVIVID_CACHE", "~/.cache/polyvivid")).expanduser()
+    local = cache_root / "s3" / parsed.netloc / parsed.path.strip("/")
+    if not local.exists():
+        directory, name = split_uri(uri)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(local.name + ".partial")
+        open_store(directory).download_file(name, partial)
+        partial.rename(local)  # a complete file or none: an interrupted download is not taken for one
+    return local

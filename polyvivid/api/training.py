@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec
 
@@ -119,6 +120,54 @@ class ResourcesSpec(ApiModel):
 
 TrainableGroup = Literal["identity_injection", "lora_interaction", "lora_blocks"]
 
+EvalMetric = Literal["face", "dino", "clip-b", "clip-l", "temporal", "fvd"]
+# metric -> the evaluation models it needs (FVD uses I3D when given, else CLIP-B features)
+EVAL_METRIC_MODELS: dict[str, tuple[str, ...]] = {
+    "face": ("face_detector", "face_embedder"), "dino": ("dinov2", "grounding", "sam2"), "clip-b": ("clip_b",),
+    "clip-l": ("clip_l",), "temporal": ("clip_b",), "fvd": ()}
+
+
+class EvalModelsSpec(ApiModel):
+    """Where the evaluation models are: directories in Hugging Face layout or TorchScript / .pt2 files,
+    as paths or s3:// URIs (never fetched from a hub)."""
+    clip_b: str | None = Field(None, description="CLIP ViT-B directory: CLIP-B, temporal consistency")
+    clip_l: str | None = Field(None, description="CLIP ViT-L directory: CLIP-L")
+    dinov2: str | None = Field(None, description="DINOv2 directory: DINO-sim")
+    grounding: str | None = Field(None, description="Florence-2 directory: finds subjects for DINO-sim")
+    sam2: str | None = Field(None, description="SAM2 directory: cuts subjects out for DINO-sim")
+    face_detector: str | None = Field(None, description="face detector file: Face-sim")
+    face_embedder: str | None = Field(None, description="ArcFace-style embedder file: Face-sim")
+    i3d: str | None = Field(None, description="I3D file for FVD (else CLIP-B features)")
+    preset: Literal["tiny"] | None = Field(None, description="random tiny models for all (smoke tests only)")
+
+
+class EvaluationSpec(ApiModel):
+    """After training: generate every case of a test set with the final weights and score the videos
+    (OUTPUT/eval/videos/, OUTPUT/eval/report.json; the means go to progress.json and the status)."""
+    cases: str = Field(min_length=1, description="URI of the test set (cases.jsonl from `polyvivid eval-cases`)")
+    metrics: list[EvalMetric] = Field(default_factory=lambda: ["clip-b", "temporal"], min_length=1)
+    models: EvalModelsSpec = Field(default_factory=EvalModelsSpec)
+    max_cases: int | None = Field(None, ge=1, description="evaluate only the first N cases")
+    real_videos: str | None = Field(None, description="URI of real videos (*.mp4) for FVD (else the cases' own)")
+    num_frames: int = Field(33, ge=1, le=257)
+    height: int = Field(256, ge=16, le=2048)
+    width: int = Field(256, ge=16, le=2048)
+    steps: int = Field(30, ge=1, le=200, description="denoising steps per video")
+    guidance: float = Field(6.0, ge=0, le=30)
+    max_frames: int | None = Field(None, ge=2, description="score N evenly spaced frames per video (default all)")
+
+    @model_validator(mode="after")
+    def _models_for_metrics(self):
+        if self.models.preset:
+            return self
+        for metric in self.metrics:
+            needs = EVAL_METRIC_MODELS[metric] + (("clip_b",) if metric == "fvd" and not self.models.i3d else ())
+            missing = [n for n in needs if not getattr(self.models, n)]
+            if missing:
+                names = ", ".join(f"models.{to_camel(n)}" for n in missing)
+                raise ValueError(f"metric {metric!r} needs {names}")
+        return self
+
 
 class TrainingSpec(ApiModel):
     model: ModelSource
@@ -142,6 +191,7 @@ class TrainingSpec(ApiModel):
     seed: int = 0
     storage: StorageSpec = Field(default_factory=StorageSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    evaluation: EvaluationSpec | None = Field(None, description="score the final weights on a test set")
 
     @model_validator(mode="after")
     def _stage_names_unique(self):

@@ -267,15 +267,25 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
                 with_retries(store.upload_file, path, f"final/{path.name}", what=f"upload final/{path.name}")
         except StorageError as e:
             raise TrainingError(f"final weights not uploaded ({e}); checkpoint {last_checkpoint} is kept") from None
-        reporter.write(status="succeeded", last_checkpoint=last_checkpoint, final=store.uri("final"))
-        log.info("done: %s", store.uri("final"))
-    reporter.close()
+        status = "evaluating" if spec.evaluation else "succeeded"
+        reporter.write(status=status, last_checkpoint=last_checkpoint, final=store.uri("final"))
+        log.info("final weights: %s", store.uri("final"))
     shutil.rmtree(scratch, ignore_errors=True)
     if env.distributed:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
+    if spec.evaluation and env.is_main:
+        # only rank 0 evaluates, on the stored weights, with the training's memory given back first
+        del model, optimizer, trainable, transformer, pipe
+        if env.device.type == "cuda":
+            torch.cuda.empty_cache()
+        from .evaluation import run_evaluation
+
+        reporter.write(status="succeeded", last_checkpoint=last_checkpoint, final=store.uri("final"),
+                       evaluation=run_evaluation(spec, store, env.device))
+    reporter.close()
     return 0
 
 

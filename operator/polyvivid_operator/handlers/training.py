@@ -17,7 +17,7 @@ KIND = "PolyVividTraining"
 JOB_API = "kubeflow.org/v1"
 # status field <- progress.json key (polyvivid/train/progress.py)
 PROGRESS_FIELDS = (("stage", "stage"), ("step", "step"), ("loss", "loss"), ("latestCheckpoint", "last_checkpoint"),
-                   ("progressUpdatedAt", "updated_at"))
+                   ("progressUpdatedAt", "updated_at"), ("evaluation", "evaluation"))
 
 
 def job_phase(job: dict | None) -> tuple[str, str, str]:
@@ -61,6 +61,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         progress = progress or {}
         fields.update({k: progress[src] for k, src in PROGRESS_FIELDS if progress.get(src) is not None})
         metrics.set_training_step(ns, body["metadata"]["name"], progress.get("step"))
+        if phase == "Running" and progress.get("status") == "evaluating":
+            message = "evaluating the final weights on the test set"
         if why:
             message += f" ({why})"
         if phase == "Succeeded":
