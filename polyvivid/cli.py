@@ -548,6 +548,9 @@ def cmd_eval(args) -> int:
     try:
         models.check(metrics)
         cases = read_cases(args.cases)
+        label = args.label or args.videos.rstrip("/").rsplit("/", 1)[-1]
+        if args.model:
+            _generate_eval_videos(args, cases)
         real = None
         if args.real_videos:
             store = open_store(args.real_videos)
@@ -555,9 +558,6 @@ def cmd_eval(args) -> int:
             if not names:
                 raise UsageError(f"--real-videos: no .mp4 files under {args.real_videos}")
             real = [read_video(f"{args.real_videos.rstrip('/')}/{k}") for k in names]
-        label = args.label or args.videos.rstrip("/").rsplit("/", 1)[-1]
-        if args.model:
-            _generate_eval_videos(args, cases)
         report = evaluate(cases, args.videos, metrics, models, real_videos=real, max_frames=args.max_frames,
                           label=label)
     except (InvalidCases, MissingModel, StorageError) as e:

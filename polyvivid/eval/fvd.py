@@ -27,7 +27,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
     trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
+    distance = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root
+    return float(max(distance, 0.0))  # a distance: rounding can leave -1e-12 for identical sets
 
 
 def center_square(frames: np.ndarray, size: int) -> np.ndarray:

@@ -61,12 +61,22 @@ def test_training_lifecycle_create_status_update_delete(kube, operator, tmp_path
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     wait_for(lambda: ready(kube.get("PolyVividTraining", "demo")).get("observedGeneration") == 2)
 
-    # done: final weights with a version, Ready=True, an Event for each transition
+    # the evaluation stage (spec.evaluation) runs after the last step: the message says so
+    (out / "progress.json").write_text(json.dumps({"status": "evaluating", "step": 8, "loss": 0.1,
+                                                   "final": f"{out}/final"}))
+    wait_for(lambda: ready(kube.get("PolyVividTraining", "demo"))["message"].startswith("evaluating the final weights"),
+             what="the evaluating message")
+
+    # done: final weights with a version, the evaluation's numbers, Ready=True, an Event for each transition
+    evaluation = {"metrics": {"clip_b": 0.31, "temporal_consistency": 0.97}, "report": f"{out}/eval/report.json",
+                  "videos": 2, "cases": 2}
     (out / "progress.json").write_text(json.dumps({"status": "succeeded", "step": 8, "loss": 0.1, "stage": "interaction",
-                                                   "final": f"{out}/final", "updated_at": "2026-11-24T01:00:00+00:00"}))
+                                                   "final": f"{out}/final", "updated_at": "2026-11-24T01:00:00+00:00",
+                                                   "evaluation": evaluation}))
     kube.set_status("PyTorchJob", "demo-train", job_condition("Succeeded", "2026-11-24T01:00:01Z"))
     done = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo"))["status"]["phase"] == "Succeeded" and t)
     assert done["status"]["finalWeights"] == {"uri": f"{out}/final", "version": "2026-11-24T01:00:00+00:00"}
+    assert done["status"]["evaluation"] == evaluation
     assert ready(done)["status"] == "True"
     events = wait_for(lambda: [e for e in kube.list("Event") if e["involvedObject"]["name"] == "demo"
                                and "Succeeded" in e["message"]], what="an Event")
