@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test bench manifests clean
+.PHONY: setup demo test bench learn-check manifests clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# CPU check that subject conditioning learns (24 min on 2 cores): README "Learning check (CPU)".
+learn-check: $(STAMP)
+	$(PY) -m polyvivid.eval.learn_check --out $(OUT)/learn-check.json
 
 # After changing polyvivid/api or the chart: the CRDs (manifests/ and the chart's copy) and install.yaml.
 manifests: $(STAMP)

@@ -335,18 +335,24 @@ def split_uri(uri: str) -> tuple[str, str]:
     return head or ".", tail
 
 
-def materialize_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local directory holding what is stored under `uri` (downloaded once for S3)."""
+def _local_or_cached(uri: str, cache_dir: str | os.PathLike | None, kind: str) -> tuple[Path, bool]:
+    """(path, is_s3): the path itself for a local URI (which must be a `kind`: "file" or "directory"), else
+    where the S3 object(s) are cached under $POLYVIVID_CACHE."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3":
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
-        if not path.is_dir():
-            raise ObjectNotFound(f"no such directory: {uri}")
-        return path
+        if not (path.is_file() if kind == "file" else path.is_dir()):
+            raise ObjectNotFound(f"no such {kind}: {uri}")
+        return path, False
     cache_root = Path(cache_dir or os.environ.get("POLYVIVID_CACHE", "~/.cache/polyvivid")).expanduser()
-    local = cache_root / "s3" / parsed.netloc / parsed.path.strip("/")
+    return cache_root / "s3" / parsed.netloc / parsed.path.strip("/"), True
+
+
+def materialize_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local directory holding what is stored under `uri` (downloaded once for S3)."""
+    local, from_s3 = _local_or_cached(uri, cache_dir, "directory")
     marker = local / ".complete"
-    if not marker.exists():
+    if from_s3 and not marker.exists():
         open_store(uri).download_dir("", local)
         marker.touch()
     return local
@@ -354,15 +360,8 @@ def materialize_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Pat
 
 def materialize_file(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local path holding the file stored at `uri` (downloaded once for S3)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3":
-        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
-        if not path.is_file():
-            raise ObjectNotFound(f"no such file: {uri}")
-        return path
-    cache_root = Path(cache_dir or os.environ.get("POLYVIVID_CACHE", "~/.cache/polyvivid")).expanduser()
-    local = cache_root / "s3" / parsed.netloc / parsed.path.strip("/")
-    if not local.exists():
+    local, from_s3 = _local_or_cached(uri, cache_dir, "file")
+    if from_s3 and not local.exists():
         directory, name = split_uri(uri)
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(local.name + ".partial")

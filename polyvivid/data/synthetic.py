@@ -64,9 +64,10 @@ def paint(canvas: np.ndarray, shape: dict, cx: float, cy: float, r: float) -> np
     return mask
 
 
-def render_clip(subjects: list[dict], background: str, size: int, frames: int, rng: np.random.Generator):
-    """Frames [F, size, size, 3] uint8 of the subjects moving and interacting."""
-    r = size * 0.14
+def render_clip(subjects: list[dict], background: str, size: int, frames: int, rng: np.random.Generator,
+                radius: float = 0.14):
+    """Frames [F, size, size, 3] uint8 of the subjects (radius: a share of the size) moving and interacting."""
+    r = size * radius
     pos = rng.uniform(r, size - r, size=(len(subjects), 2))
     centre = pos.mean(0)
     vel = (centre - pos) / max(frames, 1) * 1.5 + rng.normal(0, size * 0.01, size=pos.shape)
@@ -91,13 +92,16 @@ def reference_image(subject: dict, size: int = 128) -> tuple[Image.Image, Image.
     return Image.fromarray(canvas.astype(np.uint8)), Image.fromarray((mask * 255).astype(np.uint8))
 
 
-def describe(subject: dict) -> str:
+def describe(subject: dict, appearance: bool = True) -> str:
+    """"striped red circle", or just "circle" (appearance=False: then only the subject image tells)."""
+    if not appearance:
+        return subject["shape"]
     texture_word = "" if subject["texture"] == "plain" else subject["texture"] + " "
     return f"{texture_word}{subject['color']} {subject['shape']}"
 
 
-def caption_for(subjects: list[dict], background: str, verb: str) -> str:
-    names = [describe(s) for s in subjects]
+def caption_for(subjects: list[dict], background: str, verb: str, appearance: bool = True) -> str:
+    names = [describe(s, appearance) for s in subjects]
     if len(names) == 1:
         return f"A {names[0]} bounces around on a {background} background."
     if len(names) == 2:
@@ -105,15 +109,19 @@ def caption_for(subjects: list[dict], background: str, verb: str) -> str:
     return f"A {names[0]} {verb} a {names[1]} while a {names[2]} watches, on a {background} background."
 
 
-def make_sample(index: int, seed: int, size: int, frames: int, max_subjects: int = 3):
+def make_sample(index: int, seed: int, size: int, frames: int, max_subjects: int = 3, appearance: bool = True,
+                min_subjects: int = 1, radius: float = 0.14, background: str | None = None):
+    """(subjects, caption, clip); appearance=False leaves colour and texture out of the caption;
+    background: always this one (else drawn at random)."""
     rng = np.random.default_rng([seed, index])
-    count = int(rng.integers(1, max_subjects + 1))
+    count = int(rng.integers(min_subjects, max_subjects + 1))
     shapes = rng.choice(SHAPES, size=count, replace=False)
     subjects = [{"shape": str(s), "color": str(rng.choice(list(COLORS))), "texture": str(rng.choice(TEXTURES))}
                 for s in shapes]
-    background = str(rng.choice(list(BACKGROUNDS)))
-    clip = render_clip(subjects, background, size, frames, rng)
-    return subjects, caption_for(subjects, background, str(rng.choice(VERBS))), clip
+    drawn = str(rng.choice(list(BACKGROUNDS)))  # drawn either way: the same seed gives the same subjects
+    background = background or drawn
+    clip = render_clip(subjects, background, size, frames, rng, radius)
+    return subjects, caption_for(subjects, background, str(rng.choice(VERBS)), appearance), clip
 
 
 def write_synthetic_dataset(store: ArtifactStore, videos: int, seed: int = 0, size: int = 96, frames: int = 17,

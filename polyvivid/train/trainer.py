@@ -96,13 +96,20 @@ def flow_matching_loss(pipe, model, sample: TrainSample, generator: torch.Genera
         x0 = vae.encode(sample.video[None].to(env.device, vae.dtype)).latent_dist.sample(generator)
         x0 = (x0 * vae.config.scaling_factor).float()
         cond = pipe.encode_conditions(sample.caption, sample.subjects)
-    noise = torch.randn(x0.shape, generator=generator).to(env.device)
+    return velocity_loss(model, x0, cond, generator, env.device, autocast_dtype, shift,
+                         pipe.transformer.config.guidance_embeds)
+
+
+def velocity_loss(model, x0: torch.Tensor, cond: dict, generator: torch.Generator, device: torch.device,
+                  autocast_dtype: torch.dtype | None, shift: float, guidance_embeds: bool) -> torch.Tensor:
+    """The flow-matching loss for scaled latents x0 and the transformer's conditioning inputs."""
+    noise = torch.randn(x0.shape, generator=generator).to(device)
     u = torch.rand((), generator=generator)
     sigma = float(shift * u / (1 + (shift - 1) * u))
     x_t = (1 - sigma) * x0 + sigma * noise
-    guidance = torch.tensor([1000.0], device=env.device) if pipe.transformer.config.guidance_embeds else None
-    with torch.autocast(env.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        pred = model(hidden_states=x_t, timestep=torch.tensor([sigma * 1000.0], device=env.device),
+    guidance = torch.tensor([1000.0], device=device) if guidance_embeds else None
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        pred = model(hidden_states=x_t, timestep=torch.tensor([sigma * 1000.0], device=device),
                      guidance=guidance, **cond).sample
     return F.mse_loss(pred.float(), (noise - x0).float())
 

@@ -1,0 +1,62 @@
+"""The learn-check's weights-free subject measure on constructed frames, its verdict arithmetic, and the
+whole recipe at a toy size (it runs end to end; whether it learns is what `make learn-check` shows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polyvivid.data.synthetic import BACKGROUNDS, render_clip
+from polyvivid.eval.learn_check import (LearnCheckConfig, format_report, reference_chromaticity, run,
+                                        subject_similarity, verdict)
+
+RED_STRIPES = {"shape": "circle", "color": "red", "texture": "striped"}
+BLUE_DOTS = {"shape": "circle", "color": "blue", "texture": "dotted"}
+
+
+def clip_of(subject: dict, background: str = "gray") -> np.ndarray:
+    return render_clip([subject], background, 32, 5, np.random.default_rng(0))
+
+
+def test_the_subject_in_its_video_matches_its_reference_and_another_colour_does_not():
+    target = reference_chromaticity(RED_STRIPES)
+    same, right = subject_similarity(clip_of(RED_STRIPES), "gray", target)
+    other, wrong = subject_similarity(clip_of(BLUE_DOTS), "gray", target)
+    assert same > 0.97 and right
+    assert other < same - 0.2 and not wrong
+    # a texture's darker half has the same chromaticity: plain and striped red match alike
+    plain, _ = subject_similarity(clip_of({**RED_STRIPES, "texture": "plain"}), "gray", target)
+    assert plain == pytest.approx(same, abs=0.02)
+    for background in BACKGROUNDS:
+        assert subject_similarity(clip_of(RED_STRIPES, background), background, target)[1]
+
+
+def test_an_empty_video_scores_zero():
+    frames = np.zeros((5, 32, 32, 3), dtype=np.uint8) + np.array(BACKGROUNDS["gray"], dtype=np.uint8)
+    assert subject_similarity(frames, "gray", reference_chromaticity(RED_STRIPES)) == (0.0, False)
+
+
+def test_the_verdict_needs_a_difference_beyond_the_noise():
+    cfg = LearnCheckConfig(training_seeds=(0, 1))
+    rng = np.random.default_rng(0)
+    full = 0.9 + rng.normal(0, 0.01, 24)
+    scores = {"full (seed 0)": list(full), "full (seed 1)": list(full - 0.01),
+              "no_injection": list(full - 0.2 + rng.normal(0, 0.01, 24)),
+              "wrong subject": list(full - 0.005 + rng.normal(0, 0.05, 24))}
+    hits = {k: [1.0] * 24 for k in scores}
+    report = verdict(cfg, scores, hits, {}, 0.0, 1.0)
+    assert report["checks"]["no_injection"]["passed"]
+    assert not report["checks"]["wrong subject"]["passed"]  # within noise
+    assert report["checks"]["wrong subject"]["margin"] >= 2 * 0.01 - 1e-9  # the seed gap sets a floor
+    assert not report["passed"] and "FAILED" in format_report(report)
+
+
+def test_the_recipe_runs_end_to_end_at_a_toy_size():
+    cfg = LearnCheckConfig(train_clips=8, vae_steps=4, steps=6, cases=3, generation_steps=2, generation_seeds=(0,),
+                           training_seeds=(0, 1))
+    report = run(cfg, log=lambda _: None)
+    names = [r["condition"] for r in report["rows"]]
+    assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject"]
+    assert set(report["checks"]) == {"no_injection", "wrong subject"}
+    assert all(0.0 <= r["similarity"] <= 1.0 for r in report["rows"])
+    assert "run-to-run" in format_report(report)
