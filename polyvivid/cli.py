@@ -527,8 +527,8 @@ def cmd_eval(args) -> int:
     import json
 
     from .eval.cases import InvalidCases, read_cases
-    from .eval.runner import METRICS, EvalModels, MissingModel, evaluate, format_table, read_video
-    from .storage import StorageError, open_store
+    from .eval.runner import METRICS, EvalModels, MissingModel, evaluate, format_table, read_videos
+    from .storage import StorageError
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRICS]
@@ -551,13 +551,9 @@ def cmd_eval(args) -> int:
         label = args.label or args.videos.rstrip("/").rsplit("/", 1)[-1]
         if args.model:
             _generate_eval_videos(args, cases)
-        real = None
-        if args.real_videos:
-            store = open_store(args.real_videos)
-            names = sorted(k for k in store.list() if k.endswith(".mp4"))
-            if not names:
-                raise UsageError(f"--real-videos: no .mp4 files under {args.real_videos}")
-            real = [read_video(f"{args.real_videos.rstrip('/')}/{k}") for k in names]
+        real = read_videos(args.real_videos) if args.real_videos else None
+        if real == []:
+            raise UsageError(f"--real-videos: no .mp4 files under {args.real_videos}")
         report = evaluate(cases, args.videos, metrics, models, real_videos=real, max_frames=args.max_frames,
                           label=label)
     except (InvalidCases, MissingModel, StorageError) as e:
@@ -578,23 +574,16 @@ def cmd_eval(args) -> int:
 
 
 def _generate_eval_videos(args, cases) -> None:
-    import torch
-
-    from .eval.generate import GenerationSettings, generate_case_videos
-    from .model.pipeline import load_pipeline
+    from .eval.generate import GenerationSettings, generate_case_videos, load_generator
     from .model.presets import PRESETS
     from .model.request import InvalidRequest
     from .storage import StorageError
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
-        pipe = load_pipeline(args.model, torch_dtype=dtype, base=args.base_model)
+        pipe = load_generator(args.model, base=args.base_model)
     except (FileNotFoundError, OSError, StorageError) as e:
         known = f" (or a preset: {', '.join(PRESETS)})" if "://" not in args.model else ""
         raise UsageError(f"--model: {e}{known}") from None
-    pipe.to(device=device)
-    pipe.set_progress_bar_config(disable=True)
     settings = GenerationSettings(num_frames=args.num_frames, height=args.height, width=args.width, steps=args.steps,
                                   guidance=args.guidance)
     try:

@@ -121,10 +121,17 @@ class ResourcesSpec(ApiModel):
 TrainableGroup = Literal["identity_injection", "lora_interaction", "lora_blocks"]
 
 EvalMetric = Literal["face", "dino", "clip-b", "clip-l", "temporal", "fvd"]
-# metric -> the evaluation models it needs (FVD uses I3D when given, else CLIP-B features)
-EVAL_METRIC_MODELS: dict[str, tuple[str, ...]] = {
+_EVAL_METRIC_MODELS: dict[str, tuple[str, ...]] = {
     "face": ("face_detector", "face_embedder"), "dino": ("dinov2", "grounding", "sam2"), "clip-b": ("clip_b",),
-    "clip-l": ("clip_l",), "temporal": ("clip_b",), "fvd": ()}
+    "clip-l": ("clip_l",), "temporal": ("clip_b",)}
+
+
+def eval_models_needed(metric: str, with_i3d: bool) -> tuple[str, ...]:
+    """The evaluation models (EvalModelsSpec field names) a metric uses; FVD uses I3D when one is
+    given, else CLIP-B features."""
+    if metric == "fvd":
+        return ("i3d",) if with_i3d else ("clip_b",)
+    return _EVAL_METRIC_MODELS[metric]
 
 
 class EvalModelsSpec(ApiModel):
@@ -161,7 +168,7 @@ class EvaluationSpec(ApiModel):
         if self.models.preset:
             return self
         for metric in self.metrics:
-            needs = EVAL_METRIC_MODELS[metric] + (("clip_b",) if metric == "fvd" and not self.models.i3d else ())
+            needs = eval_models_needed(metric, bool(self.models.i3d))
             missing = [n for n in needs if not getattr(self.models, n)]
             if missing:
                 names = ", ".join(f"models.{to_camel(n)}" for n in missing)

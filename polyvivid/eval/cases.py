@@ -77,10 +77,8 @@ class EvalCase:
 def load_image(uri: str) -> Image.Image:
     from ..storage import open_store, split_uri
 
-    if "://" in uri and not uri.startswith("file://"):
-        directory, name = split_uri(uri)
-        return Image.open(io.BytesIO(open_store(directory).read_bytes(name))).convert("RGB")
-    return Image.open(uri.removeprefix("file://")).convert("RGB")
+    directory, name = split_uri(uri)
+    return Image.open(io.BytesIO(open_store(directory).read_bytes(name))).convert("RGB")
 
 
 def read_cases(uri: str) -> list[EvalCase]:

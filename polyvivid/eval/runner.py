@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api.training import EVAL_METRIC_MODELS
+from ..api.training import eval_models_needed
 from .cases import EvalCase
 
 # metric -> (report key, column title, higher is better)
@@ -50,12 +50,12 @@ class EvalModels:
         if self.preset == "tiny":
             return
         for metric in metrics:
-            needs = EVAL_METRIC_MODELS[metric] + (("clip_b",) if metric == "fvd" and not self.i3d else ())
+            needs = eval_models_needed(metric, bool(self.i3d))
             missing = [n for n in needs if not getattr(self, n)]
             if missing:
                 flags = ", ".join("--" + n.replace("_", "-") for n in missing)
                 raise MissingModel(f"metric {metric!r} needs {flags}")
-            for name in needs + (("i3d",) if metric == "fvd" and self.i3d else ()):
+            for name in needs:
                 uri = getattr(self, name)
                 if "://" not in uri and not Path(uri).expanduser().exists():  # before any work starts
                     raise MissingModel(f"--{name.replace('_', '-')}: no such file or directory: {uri}")
@@ -114,6 +114,14 @@ def read_video(uri: str) -> np.ndarray | None:
         return None
 
 
+def read_videos(uri: str) -> list[np.ndarray]:
+    """Every *.mp4 under a directory or s3:// prefix, in name order (FVD's real set)."""
+    from ..storage import open_store
+
+    names = sorted(k for k in open_store(uri).list() if k.endswith(".mp4"))
+    return [read_video(f"{uri.rstrip('/')}/{name}") for name in names]
+
+
 def sample_frames(frames: np.ndarray, max_frames: int | None) -> np.ndarray:
     if not max_frames or len(frames) <= max_frames:
         return frames
@@ -132,6 +140,11 @@ def evaluate(cases: list[EvalCase], videos_uri: str, metrics: list[str], models:
     videos with `real_videos` (else each case's reference_video)."""
     from tqdm.auto import tqdm
 
+    from .clip_metrics import temporal_consistency, text_alignment
+    from .dino import subject_similarity
+    from .face import face_similarity
+    from .fvd import fvd
+
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
@@ -146,26 +159,17 @@ def evaluate(cases: list[EvalCase], videos_uri: str, metrics: list[str], models:
             continue
         frames = sample_frames(frames, max_frames)
         row: dict = {"id": case.id}
-        if "clip-b" in metrics or "clip-l" in metrics:
-            from .clip_metrics import text_alignment
-
-            for metric in ("clip-b", "clip-l"):
-                if metric in metrics:
-                    row[METRICS[metric][0]] = text_alignment(loaded.get(metric.replace("-", "_")), frames, case.prompt)
+        for metric in ("clip-b", "clip-l"):
+            if metric in metrics:
+                row[METRICS[metric][0]] = text_alignment(loaded.get(metric.replace("-", "_")), frames, case.prompt)
         if "temporal" in metrics:
-            from .clip_metrics import temporal_consistency
-
             row["temporal_consistency"] = temporal_consistency(loaded.get("clip_b"), frames)
         if "face" in metrics:
-            from .face import face_similarity
-
             scores = [face_similarity(loaded.get("face"), frames, case.image(s))
                       for s in case.subjects if s.kind == "human"]
             counts["frames_without_face"] += sum(s.frames - s.frames_with_face for s in scores)
             row["face_sim"] = _mean([s.similarity for s in scores])
         if "dino" in metrics:
-            from .dino import subject_similarity
-
             scores = [subject_similarity(loaded.get("dinov2"), loaded.get("grounding"), loaded.get("sam2"), frames,
                                          case.image(s), s.name) for s in case.subjects if s.kind != "human"]
             counts["frames_without_subject"] += sum(s.frames - s.frames_found for s in scores)
@@ -182,8 +186,6 @@ def evaluate(cases: list[EvalCase], videos_uri: str, metrics: list[str], models:
     summary = {METRICS[m][0]: _mean([r.get(METRICS[m][0]) for r in rows]) for m in metrics if m != "fvd"}
     fvd_features = None
     if "fvd" in metrics:
-        from .fvd import fvd
-
         features = loaded.get("video_features")
         fvd_features = features.name
         summary["fvd"] = fvd(features, generated, real_videos if real_videos is not None else references)

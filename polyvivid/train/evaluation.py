@@ -19,31 +19,22 @@ log = logging.getLogger(__name__)
 
 def run_evaluation(spec: TrainingSpec, store: ArtifactStore, device: torch.device) -> dict:
     from ..eval.cases import InvalidCases, read_cases
-    from ..eval.generate import GenerationSettings, generate_case_videos
-    from ..eval.runner import EvalModels, MissingModel, evaluate, read_video
-    from ..model.pipeline import load_pipeline
-    from ..storage import open_store
+    from ..eval.generate import GenerationSettings, generate_case_videos, load_generator
+    from ..eval.runner import EvalModels, MissingModel, evaluate, read_videos
 
     ev = spec.evaluation
     try:
         cases = read_cases(ev.cases)[: ev.max_cases]
         models = EvalModels.from_spec(ev.models)
         models.check(list(ev.metrics))
-        # the card in final/ names the base this run trained on
-        pipe = load_pipeline(store.uri("final"), torch_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-        pipe.to(device=device)
-        pipe.set_progress_bar_config(disable=True)
         videos = store.uri("eval/videos")
         settings = GenerationSettings(num_frames=ev.num_frames, height=ev.height, width=ev.width, steps=ev.steps,
                                       guidance=ev.guidance)
+        pipe = load_generator(store.uri("final"), device=device)  # its card names the base this run trained on
         made = generate_case_videos(pipe, cases, videos, settings, progress=False)
         log.info("evaluation: %d videos generated (%d were already stored)", len(made), len(cases) - len(made))
-        del pipe
-        real = None
-        if ev.real_videos:
-            real_store = open_store(ev.real_videos)
-            real = [read_video(f"{ev.real_videos.rstrip('/')}/{k}") for k in sorted(real_store.list())
-                    if k.endswith(".mp4")]
+        del pipe  # its memory back before the metric models load
+        real = read_videos(ev.real_videos) if ev.real_videos else None
         report = evaluate(cases, videos, list(ev.metrics), models, real_videos=real, max_frames=ev.max_frames,
                           label=spec.output.rstrip("/").rsplit("/", 1)[-1], progress=False)
         store.write_text("eval/report.json", json.dumps(report, indent=2) + "\n")
