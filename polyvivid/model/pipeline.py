@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from diffusers import AutoencoderKLHunyuanVideo, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from transformers import (
@@ -243,6 +244,30 @@ class PolyVividPipeline(DiffusionPipeline):
 
 POLYVIVID_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion", "interaction_block",
                      "interaction_weights", "injection_ffn_mult", "lora_rank", "lora_alpha", "max_subjects")
+
+
+def batch_conditions(conditions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One batch from several `encode_conditions` results: captions right-padded (masked out, as
+    HunyuanVideo pads), subject lists padded with masked-out zero subjects."""
+    with_subjects = {"subject_latents" in c for c in conditions}
+    if len(with_subjects) > 1:
+        raise ValueError("cannot batch conditions with subjects and conditions without")
+
+    def pad(key: str, length: int) -> torch.Tensor:
+        parts = [c[key] for c in conditions]
+        return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1])) for t in parts])
+
+    text_length = max(c["encoder_attention_mask"].shape[1] for c in conditions)
+    batch = {"encoder_hidden_states": pad("encoder_hidden_states", text_length),
+             "encoder_attention_mask": pad("encoder_attention_mask", text_length),
+             "pooled_projections": torch.cat([c["pooled_projections"] for c in conditions])}
+    if with_subjects == {True}:
+        counts = [c["subject_latents"].shape[1] for c in conditions]
+        batch["text_positions"] = pad("text_positions", text_length)
+        batch["subject_latents"] = pad("subject_latents", max(counts))
+        batch["subject_positions"] = pad("subject_positions", max(c["subject_positions"].shape[1] for c in conditions))
+        batch["subject_mask"] = torch.arange(max(counts))[None] < torch.tensor(counts)[:, None]
+    return batch
 
 
 def write_polyvivid_card(directory: str | Path, base: dict[str, Any], transformer_config: dict[str, Any]) -> Path:

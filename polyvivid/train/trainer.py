@@ -102,15 +102,17 @@ def flow_matching_loss(pipe, model, sample: TrainSample, generator: torch.Genera
 
 def velocity_loss(model, x0: torch.Tensor, cond: dict, generator: torch.Generator, device: torch.device,
                   autocast_dtype: torch.dtype | None, shift: float, guidance_embeds: bool) -> torch.Tensor:
-    """The flow-matching loss for scaled latents x0 and the transformer's conditioning inputs."""
+    """The flow-matching loss for scaled latents x0 [B, ...] and the transformer's conditioning inputs;
+    each sample draws its own noise level."""
+    batch = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator).to(device)
-    u = torch.rand((), generator=generator)
-    sigma = float(shift * u / (1 + (shift - 1) * u))
-    x_t = (1 - sigma) * x0 + sigma * noise
-    guidance = torch.tensor([1000.0], device=device) if guidance_embeds else None
+    u = torch.rand((batch,), generator=generator)
+    sigma = (shift * u / (1 + (shift - 1) * u)).to(device)
+    s = sigma.view(batch, *([1] * (x0.dim() - 1)))
+    x_t = (1 - s) * x0 + s * noise
+    guidance = torch.full((batch,), 1000.0, device=device) if guidance_embeds else None
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        pred = model(hidden_states=x_t, timestep=torch.tensor([sigma * 1000.0], device=device),
-                     guidance=guidance, **cond).sample
+        pred = model(hidden_states=x_t, timestep=sigma * 1000.0, guidance=guidance, **cond).sample
     return F.mse_loss(pred.float(), (noise - x0).float())
 
 

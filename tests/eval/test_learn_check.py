@@ -52,11 +52,11 @@ def test_the_verdict_needs_a_difference_beyond_the_noise():
 
 
 def test_the_recipe_runs_end_to_end_at_a_toy_size():
-    cfg = LearnCheckConfig(train_clips=8, vae_steps=4, steps=6, cases=3, generation_steps=2, generation_seeds=(0,),
-                           training_seeds=(0, 1))
+    cfg = LearnCheckConfig(train_clips=8, vae_steps=4, base_steps=6, steps=6, cases=3, generation_steps=2,
+                           generation_seeds=(0,), training_seeds=(0, 1))
     report = run(cfg, log=lambda _: None)
     names = [r["condition"] for r in report["rows"]]
-    assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject"]
+    assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only"]
     assert set(report["checks"]) == {"no_injection", "wrong subject"}
     assert all(0.0 <= r["similarity"] <= 1.0 for r in report["rows"])
     assert "run-to-run" in format_report(report)

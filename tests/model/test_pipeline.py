@@ -11,7 +11,7 @@ from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from polyvivid.model.pipeline import InvalidRequest, PolyVividPipeline, load_pipeline
+from polyvivid.model.pipeline import InvalidRequest, PolyVividPipeline, batch_conditions, load_pipeline
 from polyvivid.model.presets import get_preset
 from polyvivid.model.tokenizer import byte_tokenizer
 from polyvivid.samples import draw_subject
@@ -183,3 +183,27 @@ def test_every_ablation_generates_through_the_pipeline(options):
     pipe = PolyVividPipeline.from_preset("tiny", **options)
     assert all(pipe.transformer.config[k] == v for k, v in options.items())
     assert generate(pipe, num_inference_steps=2).shape == (9, 64, 64, 3)
+
+
+def test_a_padded_batch_gives_each_sample_what_it_gets_alone():
+    """batch_conditions pads captions and subject lists; padding must change nothing a sample computes."""
+    pipe = PolyVividPipeline.from_preset("tiny", seed=3)
+    with torch.no_grad():  # a trained injection, so that the subjects matter
+        for module in pipe.transformer.identity_injection:
+            module.proj_out.weight.normal_(std=0.2)
+    conditions = [pipe.encode_conditions("A man plays the guitar on a long sandy beach at dusk", subjects()),
+                  pipe.encode_conditions("A man waves", subjects()[:1])]
+    batch = batch_conditions(conditions)
+    longest = conditions[0]["encoder_hidden_states"].shape[1]
+    assert batch["encoder_hidden_states"].shape[:2] == (2, longest)
+    assert conditions[1]["encoder_hidden_states"].shape[1] < longest
+    assert batch["subject_mask"].tolist() == [[True, True], [True, False]]
+    latents = torch.randn(2, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    step = dict(timestep=torch.tensor([500.0, 900.0]), guidance=torch.tensor([1000.0, 1000.0]))
+    with torch.no_grad():
+        together = pipe.transformer(hidden_states=latents, **step, **batch).sample
+        alone = [pipe.transformer(hidden_states=latents[i:i + 1], timestep=step["timestep"][i:i + 1],
+                                  guidance=step["guidance"][i:i + 1], **c).sample for i, c in enumerate(conditions)]
+    assert torch.allclose(together, torch.cat(alone), atol=1e-5)
+    with pytest.raises(ValueError, match="with subjects and conditions without"):
+        batch_conditions([conditions[0], pipe.encode_conditions("A man waves", [])])
