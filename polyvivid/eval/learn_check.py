@@ -1,7 +1,7 @@
 """`make learn-check`: proof on CPU, at toy scale, that subject conditioning learns (the direction of
 the paper's Table 2).
 
-The recipe, all from scratch in one process (about 25 minutes on 2 cores with the defaults), mirrors how
+The recipe, all from scratch in one process (22 minutes on 2 cores with the defaults), mirrors how
 PolyVivid is made: a text-to-video base (HunyuanVideo), then PolyVivid's own parameters trained on it.
 1. Data: `polyvivid synth-data` clips (textured shapes on a plain background), each with two captions:
    the base's, which names colour and texture ("A red striped circle bounces around on a gray
@@ -58,7 +58,7 @@ class LearnCheckConfig:
     size: int = 32
     frames: int = 9
     train_clips: int = 512
-    vae_steps: int = 2500
+    vae_steps: int = 1500
     vae_batch: int = 4
     base_steps: int = 3000  # text-to-video base pretraining steps
     base_lr: float = 1e-3
