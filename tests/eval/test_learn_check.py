@@ -51,12 +51,18 @@ def test_the_verdict_needs_a_difference_beyond_the_noise():
     assert not report["passed"] and "FAILED" in format_report(report)
 
 
-def test_the_recipe_runs_end_to_end_at_a_toy_size():
+def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path):
     cfg = LearnCheckConfig(train_clips=8, vae_steps=4, base_steps=6, steps=6, cases=3, generation_steps=2,
                            generation_seeds=(0,), training_seeds=(0, 1))
-    report = run(cfg, log=lambda _: None)
+    report = run(cfg, log=lambda _: None, videos_dir=tmp_path)
     names = [r["condition"] for r in report["rows"]]
     assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only"]
     assert set(report["checks"]) == {"no_injection", "wrong subject"}
     assert all(0.0 <= r["similarity"] <= 1.0 for r in report["rows"])
     assert "run-to-run" in format_report(report)
+    # every condition's videos and the VAE round trip, [cases, generation seeds, F, H, W, 3], to look at
+    saved = {p.stem: np.load(p) for p in tmp_path.glob("*.npy")}
+    assert set(saved) == {"full_seed_0", "full_seed_1", "no_injection", "token_concat", "wrong_subject",
+                          "caption_only", "real_clips_vae"}
+    assert saved["no_injection"].shape == (3, 1, cfg.frames, cfg.size, cfg.size, 3)
+    assert saved["no_injection"].dtype == np.uint8
