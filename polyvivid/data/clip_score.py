@@ -25,7 +25,7 @@ def tiny_clip(seed: int = 0):
                                        num_attention_heads=2, image_size=32, patch_size=8).to_dict(),
         projection_dim=16))
     processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return model.eval(), processor, byte_tokenizer()
+    return model.eval(), processor, byte_tokenizer(clip=True)
 
 
 class ClipScorer:

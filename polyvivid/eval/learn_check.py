@@ -306,6 +306,29 @@ def save_videos(directory: str | Path | None, condition: str, videos: np.ndarray
     np.save(Path(directory) / f"{name}.npy", videos)
 
 
+def contact_sheet(cases: list[Clip], videos: dict[str, np.ndarray], rows: int = 16, zoom: int = 3):
+    """One PNG to look at: a row per case (the first `rows`), columns the reference image, the real clip
+    and each condition's first generation, all at the middle frame; a header names the columns."""
+    from PIL import Image, ImageDraw
+
+    size = cases[0].video.shape[-1]
+    middle = cases[0].video.shape[1] // 2
+    cell = size * zoom + 2
+    names = ["reference", "real clip"] + list(videos)
+    sheet = Image.new("RGB", (cell * len(names), cell * (min(rows, len(cases)) + 1)), "black")
+    draw = ImageDraw.Draw(sheet)
+    for column, name in enumerate(names):
+        draw.text((column * cell + 2, cell // 2 - 5), name[:cell // 6], fill="white")
+    for row, case in enumerate(cases[:rows]):
+        real = ((case.video[:, middle].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        frames = [case.references[0][1].convert("RGB").resize((size, size)), Image.fromarray(real)]
+        frames += [Image.fromarray(v[row, 0, middle]) for v in videos.values()]
+        for column, frame in enumerate(frames):
+            where = (column * cell + 1, (row + 1) * cell + 1)
+            sheet.paste(frame.resize((size * zoom, size * zoom), Image.NEAREST), where)
+    return sheet
+
+
 def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None) -> dict:
     from ..model.pipeline import PolyVividPipeline
 
@@ -344,6 +367,7 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None) 
     conditions["caption only"] = (full, "none")  # no subject: exactly the pretrained base's forward
     scores: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
+    made_videos: dict[str, np.ndarray] = {"real clips (VAE)": np.stack(trips)[:, None]}
     for name, (pipe, subject) in conditions.items():
         per_case, per_hit, videos = [], [], []
         for i, case in enumerate(cases):
@@ -354,8 +378,11 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None) 
             per_case.append(float(np.mean([v for v, _ in values])))
             per_hit.append(float(np.mean([h for _, h in values])))
         scores[name], hits[name] = per_case, per_hit
-        save_videos(videos_dir, name, np.stack(videos))
+        made_videos[name] = np.stack(videos)
+        save_videos(videos_dir, name, made_videos[name])
         log(f"measured {name}: similarity {np.mean(per_case):.4f}, colour accuracy {np.mean(per_hit):.3f}")
+    if videos_dir is not None:
+        contact_sheet(cases, made_videos).save(Path(videos_dir) / "contact_sheet.png")
     report = verdict(cfg, scores, hits, losses, vae_loss, time.time() - started)
     report["ceiling"] = {"similarity": float(np.mean([v for v, _ in ceiling])),
                          "colour_accuracy": float(np.mean([h for _, h in ceiling]))}
@@ -413,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-clips", type=int, default=LearnCheckConfig.train_clips)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--videos", default=None,
-                        help="a directory to write every condition's generated videos to (.npy)")
+                        help="a directory to write every condition's generated videos to (.npy) and contact_sheet.png "
+                             "(a row per case: reference, real clip, each condition's video, middle frames)")
     args = parser.parse_args(argv)
     cfg = LearnCheckConfig(base_steps=args.base_steps, base_captions=args.base_captions, steps=args.steps,
                            vae_steps=args.vae_steps, cases=args.cases, train_clips=args.train_clips, seed=args.seed)

@@ -76,11 +76,10 @@ class PolyVividPipeline(DiffusionPipeline):
         clip = CLIPTextModel(CLIPTextConfig(**preset.clip_text))
         size = preset.llava_vision["image_size"]
         image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        tokenizer = byte_tokenizer()
         for module in (transformer, vae, llava, clip):
             module.eval()
-        return cls(transformer, vae, FlowMatchEulerDiscreteScheduler(**preset.scheduler), llava, tokenizer,
-                   image_processor, clip, tokenizer)
+        return cls(transformer, vae, FlowMatchEulerDiscreteScheduler(**preset.scheduler), llava, byte_tokenizer(),
+                   image_processor, clip, byte_tokenizer(clip=True))
 
     @classmethod
     def from_hunyuanvideo(cls, hunyuanvideo: str | Path, llava: str | Path, polyvivid_weights: str | Path | None = None,

@@ -10,8 +10,10 @@ SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                   "<|eot_id|>", "<image>", "<pad>"]
 
 
-def byte_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def byte_tokenizer(clip: bool = False):
+    """clip=True wraps every text in begin/end-of-text as CLIP's tokenizer does: CLIPTextModel pools at
+    the end-of-text token, and without one it pools the first token (the same for every "A ..." caption)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -22,6 +24,10 @@ def byte_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(SPECIAL_TOKENS)
+    if clip:
+        bos, eos = SPECIAL_TOKENS[:2]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
         pad_token="<pad>", model_max_length=1024,

@@ -66,3 +66,11 @@ def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path):
                           "caption_only", "real_clips_vae"}
     assert saved["no_injection"].shape == (3, 1, cfg.frames, cfg.size, cfg.size, 3)
     assert saved["no_injection"].dtype == np.uint8
+    # and one picture of them: a header row and a row per case; reference, real clip, the 7 videos' columns
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.size == ((2 + 7) * (cfg.size * 3 + 2), (1 + 3) * (cfg.size * 3 + 2))
+    cell = cfg.size * 3 + 2
+    no_injection_frame = np.asarray(sheet)[cell * 2 + 1:cell * 3 - 1, cell * 5 + 1:cell * 6 - 1]  # case 1, column 5
+    assert (no_injection_frame[::3, ::3] == saved["no_injection"][1, 0, cfg.frames // 2]).all()

@@ -54,6 +54,15 @@ def test_subjects_condition_the_result(pipe):
     assert base.shape == cond.shape and not torch.allclose(base, cond, atol=1e-5)
 
 
+def test_the_pooled_prompt_tells_captions_apart(pipe):
+    # CLIP pools at the end-of-text token: the tiny tokenizer must add one, or every "A ..." caption
+    # pools its first token and gets the same vector
+    ids = pipe.tokenizer_2("A man").input_ids
+    assert ids[0] == pipe.text_encoder_2.config.bos_token_id and ids[-1] == pipe.text_encoder_2.config.eos_token_id
+    man, tiger = pipe.pooled_prompt("A man plays the guitar"), pipe.pooled_prompt("A tiger plays the guitar")
+    assert (man - tiger).norm() > 0.05 * man.norm()
+
+
 def test_true_cfg_and_vae_tiling_run(pipe):
     frames = generate(pipe, true_cfg_scale=4.0, negative_prompt="blurry", num_inference_steps=2)
     assert frames.shape == (9, 64, 64, 3)
@@ -137,7 +146,7 @@ def save_tiny_hunyuanvideo_and_llava(root):
     AutoencoderKLHunyuanVideo(**preset.vae).save_pretrained(hv / "vae")
     FlowMatchEulerDiscreteScheduler(shift=7.0).save_pretrained(hv / "scheduler")
     CLIPTextModel(CLIPTextConfig(**preset.clip_text)).save_pretrained(hv / "text_encoder_2")
-    byte_tokenizer().save_pretrained(hv / "tokenizer_2")
+    byte_tokenizer(clip=True).save_pretrained(hv / "tokenizer_2")
     llava_dir = root / "llava"
     LlavaForConditionalGeneration(LlavaConfig(
         vision_config=CLIPVisionConfig(**preset.llava_vision).to_dict(),
