@@ -297,13 +297,17 @@ def wrong_subject(cases: list[Clip], i: int) -> list:
 
 # ---------------------------------------------------------------------------------------------- the run
 
+def file_name(condition: str) -> str:
+    """"full (seed 0)" -> "full_seed_0"."""
+    return condition.replace("(", "").replace(")", "").replace(" ", "_")
+
+
 def save_videos(directory: str | Path | None, condition: str, videos: np.ndarray) -> None:
     """[cases, generation seeds, F, H, W, 3] uint8 as DIR/full_seed_0.npy etc., to look at or re-score."""
     if directory is None:
         return
     Path(directory).mkdir(parents=True, exist_ok=True)
-    name = condition.replace("(", "").replace(")", "").replace(" ", "_")
-    np.save(Path(directory) / f"{name}.npy", videos)
+    np.save(Path(directory) / f"{file_name(condition)}.npy", videos)
 
 
 def contact_sheet(cases: list[Clip], videos: dict[str, np.ndarray], rows: int = 16, zoom: int = 3):
@@ -329,7 +333,11 @@ def contact_sheet(cases: list[Clip], videos: dict[str, np.ndarray], rows: int = 
     return sheet
 
 
-def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None) -> dict:
+def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
+        keep_dir: str | Path | None = None) -> dict:
+    """The whole recipe; keep_dir keeps what it trained (base/: the base transformer, diffusers layout;
+    full_seed_0/ etc.: each PolyVivid model as a whole pipeline checkpoint, trained VAE included), so a
+    later look at the generator needs no retraining."""
     from ..model.pipeline import PolyVividPipeline
 
     torch.set_num_threads(cfg.threads)
@@ -341,19 +349,22 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None) 
     vae_loss = train_vae(base.vae, train, cfg, log)
 
     models, losses = {}, {}
-    with tempfile.TemporaryDirectory(prefix="learn-check-base-") as base_dir:
-        losses["base"] = pretrain_base(base, train, cfg, Path(base_dir), log)
+    with tempfile.TemporaryDirectory(prefix="learn-check-base-") as scratch:
+        base_dir = Path(keep_dir) / "base" if keep_dir is not None else Path(scratch)
+        losses["base"] = pretrain_base(base, train, cfg, base_dir, log)
         inputs = cache_inputs(base, train, lambda clip: base.encode_conditions(clip.caption, clip.references))
         runs = [("full", s) for s in cfg.training_seeds] + [(v, cfg.training_seeds[0]) for v in VARIANTS if v != "full"]
         for variant, seed in runs:
             name = f"{variant} (seed {seed})" if variant == "full" else variant
-            pipe = build_pipeline(base, Path(base_dir), VARIANTS[variant], seed, cfg.shift)
+            pipe = build_pipeline(base, base_dir, VARIANTS[variant], seed, cfg.shift)
             pipe.set_progress_bar_config(disable=True)
             transformer = pipe.transformer
             transformer.freeze_base()  # what `polyvivid train` trains by default: PolyVivid's own parameters
             own = [p for p in transformer.parameters() if p.requires_grad]
             losses[name] = train_transformer(transformer, own, inputs, cfg.steps, cfg.lr, cfg, seed, log, name)
             models[name] = pipe
+            if keep_dir is not None:
+                pipe.save_pretrained(Path(keep_dir) / file_name(name))
 
     targets = [reference_chromaticity(c.subjects[0]) for c in cases]
     # the ceiling: the held-out clips themselves through the trained VAE (what a perfect generator could show)
@@ -439,13 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=LearnCheckConfig.cases, help="held-out cases")
     parser.add_argument("--train-clips", type=int, default=LearnCheckConfig.train_clips)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", default=None,
+                        help="a directory to keep the trained base (base/) and every PolyVivid model in (full_seed_0/ "
+                             "etc.: whole pipeline checkpoints, `polyvivid generate --model DIR` loads them)")
     parser.add_argument("--videos", default=None,
                         help="a directory to write every condition's generated videos to (.npy) and contact_sheet.png "
                              "(a row per case: reference, real clip, each condition's video, middle frames)")
     args = parser.parse_args(argv)
     cfg = LearnCheckConfig(base_steps=args.base_steps, base_captions=args.base_captions, steps=args.steps,
                            vae_steps=args.vae_steps, cases=args.cases, train_clips=args.train_clips, seed=args.seed)
-    report = run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True), videos_dir=args.videos)
+    report = run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True), videos_dir=args.videos, keep_dir=args.keep)
     print(format_report(report))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -54,7 +54,7 @@ def test_the_verdict_needs_a_difference_beyond_the_noise():
 def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path):
     cfg = LearnCheckConfig(train_clips=8, vae_steps=4, base_steps=6, steps=6, cases=3, generation_steps=2,
                            generation_seeds=(0,), training_seeds=(0, 1))
-    report = run(cfg, log=lambda _: None, videos_dir=tmp_path)
+    report = run(cfg, log=lambda _: None, videos_dir=tmp_path, keep_dir=tmp_path / "keep")
     names = [r["condition"] for r in report["rows"]]
     assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only"]
     assert set(report["checks"]) == {"no_injection", "wrong subject"}
@@ -74,3 +74,13 @@ def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path):
     cell = cfg.size * 3 + 2
     no_injection_frame = np.asarray(sheet)[cell * 2 + 1:cell * 3 - 1, cell * 5 + 1:cell * 6 - 1]  # case 1, column 5
     assert (no_injection_frame[::3, ::3] == saved["no_injection"][1, 0, cfg.frames // 2]).all()
+    # what it trained is kept: the base in the diffusers layout, each model a whole loadable checkpoint
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from polyvivid.model.pipeline import PolyVividPipeline, load_pipeline
+
+    assert HunyuanVideoTransformer3DModel.from_pretrained(tmp_path / "keep" / "base").config.num_layers == 2
+    kept = load_pipeline(str(tmp_path / "keep" / "no_injection"))
+    assert kept.transformer.config.injection == "none"
+    untrained = PolyVividPipeline.from_preset("tiny").vae.config.scaling_factor
+    assert kept.vae.config.scaling_factor != untrained  # the trained VAE, with its measured latent scale
