@@ -83,6 +83,7 @@ class LearnCheckConfig:
     shift: float = 1.0  # flow-matching time shift; HunyuanVideo's 7.0 suits long high-resolution token grids
     background: str | None = "gray"  # one background: the subject is all that varies in appearance
     max_subjects: int = 1  # subjects per training clip
+    latent_channels: int = 16  # the tiny VAE's; 4 gives the 64-wide toy transformer room to carry the noise
 
 
 VARIANTS = {"full": "cross_attention", "no_injection": "none", "token_concat": "token_concat"}
@@ -160,14 +161,15 @@ def _image_tensor(image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
 
 
-def base_transformer_kwargs() -> dict:
+def base_transformer_kwargs(latent_channels: int = 16) -> dict:
     """The tiny preset's HunyuanVideo shape, without PolyVivid's options."""
     from diffusers import HunyuanVideoTransformer3DModel
 
     from ..model.presets import get_preset
 
     keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
-    return {k: v for k, v in get_preset("tiny").transformer.items() if k in keys}
+    kwargs = {k: v for k, v in get_preset("tiny").transformer.items() if k in keys}
+    return {**kwargs, "in_channels": latent_channels, "out_channels": latent_channels}
 
 
 def pretrain_base(base, clips: list[Clip], cfg: LearnCheckConfig, directory: Path, log) -> float:
@@ -176,7 +178,7 @@ def pretrain_base(base, clips: list[Clip], cfg: LearnCheckConfig, directory: Pat
     from diffusers import HunyuanVideoTransformer3DModel
 
     torch.manual_seed(cfg.seed)
-    transformer = HunyuanVideoTransformer3DModel(**base_transformer_kwargs())
+    transformer = HunyuanVideoTransformer3DModel(**base_transformer_kwargs(cfg.latent_channels))
     caption = "described" if cfg.base_captions == "described" else "caption"
     inputs = cache_inputs(base, clips, lambda clip: base.encode_conditions(getattr(clip, caption), []))
     loss = train_transformer(transformer, list(transformer.parameters()), inputs, cfg.base_steps, cfg.base_lr,
@@ -338,6 +340,8 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     """The whole recipe; keep_dir keeps what it trained (base/: the base transformer, diffusers layout;
     full_seed_0/ etc.: each PolyVivid model as a whole pipeline checkpoint, trained VAE included), so a
     later look at the generator needs no retraining."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
     from ..model.pipeline import PolyVividPipeline
 
     torch.set_num_threads(cfg.threads)
@@ -345,6 +349,9 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     train = make_clips(cfg.train_clips, cfg.seed, cfg, max_subjects=cfg.max_subjects)
     cases = make_clips(cfg.cases, cfg.seed + 1000, cfg, max_subjects=1)  # held out: another seed
     base = PolyVividPipeline.from_preset("tiny", seed=cfg.seed)
+    if cfg.latent_channels != base.vae.config.latent_channels:
+        base.register_modules(vae=AutoencoderKLHunyuanVideo.from_config(base.vae.config,
+                                                                        latent_channels=cfg.latent_channels))
     base.set_progress_bar_config(disable=True)
     vae_loss = train_vae(base.vae, train, cfg, log)
 
@@ -450,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=LearnCheckConfig.cases, help="held-out cases")
     parser.add_argument("--train-clips", type=int, default=LearnCheckConfig.train_clips)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-channels", type=int, default=LearnCheckConfig.latent_channels,
+                        help="the VAE's latent channels (the tiny preset's 16, or fewer for the toy transformer)")
     parser.add_argument("--keep", default=None,
                         help="a directory to keep the trained base (base/) and every PolyVivid model in (full_seed_0/ "
                              "etc.: whole pipeline checkpoints, `polyvivid generate --model DIR` loads them)")
@@ -458,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(a row per case: reference, real clip, each condition's video, middle frames)")
     args = parser.parse_args(argv)
     cfg = LearnCheckConfig(base_steps=args.base_steps, base_captions=args.base_captions, steps=args.steps,
-                           vae_steps=args.vae_steps, cases=args.cases, train_clips=args.train_clips, seed=args.seed)
+                           vae_steps=args.vae_steps, cases=args.cases, train_clips=args.train_clips, seed=args.seed,
+                           latent_channels=args.latent_channels)
     report = run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True), videos_dir=args.videos, keep_dir=args.keep)
     print(format_report(report))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,10 @@ def test_the_verdict_needs_a_difference_beyond_the_noise():
     assert not report["passed"] and "FAILED" in format_report(report)
 
 
-def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path):
+@pytest.mark.parametrize("latent_channels", [16, 4])
+def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path, latent_channels):
     cfg = LearnCheckConfig(train_clips=8, vae_steps=4, base_steps=6, steps=6, cases=3, generation_steps=2,
-                           generation_seeds=(0,), training_seeds=(0, 1))
+                           generation_seeds=(0,), training_seeds=(0, 1), latent_channels=latent_channels)
     report = run(cfg, log=lambda _: None, videos_dir=tmp_path, keep_dir=tmp_path / "keep")
     names = [r["condition"] for r in report["rows"]]
     assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only"]
@@ -82,5 +83,6 @@ def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path):
     assert HunyuanVideoTransformer3DModel.from_pretrained(tmp_path / "keep" / "base").config.num_layers == 2
     kept = load_pipeline(str(tmp_path / "keep" / "no_injection"))
     assert kept.transformer.config.injection == "none"
+    assert kept.vae.config.latent_channels == kept.transformer.config.in_channels == latent_channels
     untrained = PolyVividPipeline.from_preset("tiny").vae.config.scaling_factor
     assert kept.vae.config.scaling_factor != untrained  # the trained VAE, with its measured latent scale
