@@ -161,15 +161,18 @@ def _image_tensor(image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
 
 
-def base_transformer_kwargs(latent_channels: int = 16) -> dict:
-    """The tiny preset's HunyuanVideo shape, without PolyVivid's options."""
+def base_transformer_kwargs(latent_channels: int | None = None) -> dict:
+    """The tiny preset's HunyuanVideo shape, without PolyVivid's options; latent_channels: other in/out
+    channels than the preset's (for a VAE with other latent channels)."""
     from diffusers import HunyuanVideoTransformer3DModel
 
     from ..model.presets import get_preset
 
     keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
     kwargs = {k: v for k, v in get_preset("tiny").transformer.items() if k in keys}
-    return {**kwargs, "in_channels": latent_channels, "out_channels": latent_channels}
+    if latent_channels is not None:
+        kwargs.update(in_channels=latent_channels, out_channels=latent_channels)
+    return kwargs
 
 
 def pretrain_base(base, clips: list[Clip], cfg: LearnCheckConfig, directory: Path, log) -> float:
@@ -377,7 +380,8 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     # the ceiling: the held-out clips themselves through the trained VAE (what a perfect generator could show)
     trips = [round_trip(base.vae, c) for c in cases]
     ceiling = [subject_similarity(v, c.background, t) for v, c, t in zip(trips, cases, targets)]
-    save_videos(videos_dir, "real clips vae", np.stack(trips)[:, None])
+    made_videos: dict[str, np.ndarray] = {"real clips (VAE)": np.stack(trips)[:, None]}
+    save_videos(videos_dir, "real clips vae", made_videos["real clips (VAE)"])
     log(f"measured VAE round trip of the real clips: similarity {np.mean([v for v, _ in ceiling]):.4f}")
     full = models[f"full (seed {cfg.training_seeds[0]})"]
     conditions = {name: (pipe, "own") for name, pipe in models.items()}
@@ -385,7 +389,6 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     conditions["caption only"] = (full, "none")  # no subject: exactly the pretrained base's forward
     scores: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
-    made_videos: dict[str, np.ndarray] = {"real clips (VAE)": np.stack(trips)[:, None]}
     for name, (pipe, subject) in conditions.items():
         per_case, per_hit, videos = [], [], []
         for i, case in enumerate(cases):

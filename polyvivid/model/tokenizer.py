@@ -24,11 +24,11 @@ def byte_tokenizer(clip: bool = False):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(SPECIAL_TOKENS)
+    bos, eos = SPECIAL_TOKENS[:2]
     if clip:
-        bos, eos = SPECIAL_TOKENS[:2]
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+        tokenizer_object=backend, bos_token=bos, eos_token=eos,
         pad_token="<pad>", model_max_length=1024,
     )
