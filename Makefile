@@ -34,7 +34,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
-# CPU check that subject conditioning learns (22 min on 2 cores): README "Learning check (CPU)".
+# CPU check that subject conditioning learns (23 min on 2 cores): README "Learning check (CPU)".
 learn-check: $(STAMP)
 	$(PY) -m polyvivid.eval.learn_check --out $(OUT)/learn-check.json
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polyvivid.data.synthetic import BACKGROUNDS, render_clip
+from polyvivid.data.synthetic import BACKGROUNDS, COLORS, render_clip
 from polyvivid.eval.learn_check import (LearnCheckConfig, format_report, reference_chromaticity, run,
                                         subject_similarity, verdict)
 
@@ -20,35 +20,70 @@ def clip_of(subject: dict, background: str = "gray") -> np.ndarray:
 
 def test_the_subject_in_its_video_matches_its_reference_and_another_colour_does_not():
     target = reference_chromaticity(RED_STRIPES)
-    same, right = subject_similarity(clip_of(RED_STRIPES), "gray", target)
-    other, wrong = subject_similarity(clip_of(BLUE_DOTS), "gray", target)
-    assert same > 0.97 and right
-    assert other < same - 0.2 and not wrong
+    same = subject_similarity(clip_of(RED_STRIPES), "gray", target)
+    other = subject_similarity(clip_of(BLUE_DOTS), "gray", target)
+    assert same.similarity > 0.97 and same.right_colour and same.identity > 0.2
+    assert other.similarity < same.similarity - 0.2 and not other.right_colour and other.identity < 0
     # a texture's darker half has the same chromaticity: plain and striped red match alike
-    plain, _ = subject_similarity(clip_of({**RED_STRIPES, "texture": "plain"}), "gray", target)
-    assert plain == pytest.approx(same, abs=0.02)
+    plain = subject_similarity(clip_of({**RED_STRIPES, "texture": "plain"}), "gray", target)
+    assert plain.similarity == pytest.approx(same.similarity, abs=0.02)
     for background in BACKGROUNDS:
-        assert subject_similarity(clip_of(RED_STRIPES, background), background, target)[1]
+        assert subject_similarity(clip_of(RED_STRIPES, background), background, target).right_colour
+
+
+def test_the_identity_score_is_zero_on_average_for_a_video_that_ignores_the_subject():
+    # one video, scored against each palette colour in turn: what a model that ignores the subject gets
+    # over a balanced set of cases, whether it draws a gray blur or a saturated wrong colour
+    for drawn in ({"shape": "circle", "color": "blue", "texture": "plain"}, None):
+        frames = clip_of(drawn) if drawn else np.full((5, 32, 32, 3), 128, np.uint8)
+        if drawn is None:
+            frames[:, 8:24, 8:24] = (60, 62, 64)  # a dark, nearly gray blob: far from the background
+        scores = [subject_similarity(frames, "gray", reference_chromaticity({**RED_STRIPES, "color": c}))
+                  for c in COLORS]
+        assert all(s.similarity > 0 for s in scores)  # the subject region is found
+        assert np.mean([s.identity for s in scores]) == pytest.approx(0.0, abs=0.01)
+    # while similarity, averaged alike, prefers the gray blob to the saturated colour
+    blob = np.full((5, 32, 32, 3), 128, np.uint8)
+    blob[:, 8:24, 8:24] = (60, 62, 64)
+    mean_similarity = [np.mean([subject_similarity(f, "gray", reference_chromaticity({**RED_STRIPES, "color": c}))
+                                .similarity for c in COLORS]) for f in (blob, clip_of(BLUE_DOTS))]
+    assert mean_similarity[0] > mean_similarity[1]
 
 
 def test_an_empty_video_scores_zero():
     frames = np.zeros((5, 32, 32, 3), dtype=np.uint8) + np.array(BACKGROUNDS["gray"], dtype=np.uint8)
-    assert subject_similarity(frames, "gray", reference_chromaticity(RED_STRIPES)) == (0.0, False)
+    assert subject_similarity(frames, "gray", reference_chromaticity(RED_STRIPES)) == (0.0, 0.0, False)
 
 
 def test_the_verdict_needs_a_difference_beyond_the_noise():
     cfg = LearnCheckConfig(training_seeds=(0, 1))
     rng = np.random.default_rng(0)
-    full = 0.9 + rng.normal(0, 0.01, 24)
-    scores = {"full (seed 0)": list(full), "full (seed 1)": list(full - 0.01),
-              "no_injection": list(full - 0.2 + rng.normal(0, 0.01, 24)),
-              "wrong subject": list(full - 0.005 + rng.normal(0, 0.05, 24))}
-    hits = {k: [1.0] * 24 for k in scores}
-    report = verdict(cfg, scores, hits, {}, 0.0, 1.0)
+    full = 0.3 + rng.normal(0, 0.01, 24)
+
+    def per_case(identity):  # [cases, 3]: similarity, identity, right colour; the checks read identity
+        return np.stack([np.full(24, 0.8), identity, np.ones(24)], axis=1)
+
+    scores = {"full (seed 0)": per_case(full), "full (seed 1)": per_case(full - 0.01),
+              "no_injection": per_case(full - 0.2 + rng.normal(0, 0.01, 24)),
+              "wrong subject": per_case(full - 0.005 + rng.normal(0, 0.05, 24))}
+    report = verdict(cfg, scores, {}, 0.0, 1.0)
     assert report["checks"]["no_injection"]["passed"]
+    assert report["checks"]["no_injection"]["difference"] == pytest.approx(0.2, abs=0.01)
     assert not report["checks"]["wrong subject"]["passed"]  # within noise
     assert report["checks"]["wrong subject"]["margin"] >= 2 * 0.01 - 1e-9  # the seed gap sets a floor
     assert not report["passed"] and "FAILED" in format_report(report)
+
+
+@pytest.mark.parametrize("argv, message", [(["--cases", "1"], "--cases: must be at least 2, got 1"),
+                                           (["--latent-channels", "0"], "--latent-channels: must be at least 1"),
+                                           (["--steps", "many"], "--steps: not an integer: 'many'")])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    from polyvivid.eval.learn_check import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv + ["--out", str(tmp_path / "report.json")])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "report.json").exists()
 
 
 @pytest.mark.parametrize("latent_channels", [16, 4])
@@ -59,7 +94,7 @@ def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path, latent_channels):
     names = [r["condition"] for r in report["rows"]]
     assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only"]
     assert set(report["checks"]) == {"no_injection", "wrong subject"}
-    assert all(0.0 <= r["similarity"] <= 1.0 for r in report["rows"])
+    assert all(0.0 <= r["similarity"] <= 1.0 and -1.0 <= r["identity"] <= 1.0 for r in report["rows"])
     assert "run-to-run" in format_report(report)
     # every condition's videos and the VAE round trip, [cases, generation seeds, F, H, W, 3], to look at
     saved = {p.stem: np.load(p) for p in tmp_path.glob("*.npy")}

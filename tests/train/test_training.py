@@ -10,7 +10,6 @@ import sys
 import urllib.request
 
 import numpy as np
-import pytest
 
 from polyvivid.storage import open_store
 from tests.conftest import free_port
