@@ -280,6 +280,13 @@ def _similarity(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 - 0.5 * float(np.abs(a - b).sum())
 
 
+PALETTE = {name: chromaticity(np.array([rgb])) for name, rgb in COLORS.items()}
+
+
+def _nearest_colour(chroma: np.ndarray) -> str:
+    return max(PALETTE, key=lambda name: _similarity(chroma, PALETTE[name]))
+
+
 def subject_similarity(frames: np.ndarray, background: str, target: np.ndarray) -> SubjectScore:
     """How well a video's subject region (the pixels far from the background) matches a target
     chromaticity; a video without one scores (0, 0, False)."""
@@ -288,12 +295,10 @@ def subject_similarity(frames: np.ndarray, background: str, target: np.ndarray) 
     if region.mean() < MIN_REGION:
         return SubjectScore(0.0, 0.0, False)
     seen = chromaticity(pixels[region])
-    palette = {name: chromaticity(np.array([rgb])) for name, rgb in COLORS.items()}
-    truth = min(palette, key=lambda n: np.abs(palette[n] - target).sum())
-    nearest = min(palette, key=lambda n: np.abs(palette[n] - seen).sum())
-    others = np.mean([_similarity(seen, c) for name, c in palette.items() if name != truth])
-    return SubjectScore(_similarity(seen, target), _similarity(seen, palette[truth]) - float(others),
-                        nearest == truth)
+    truth = _nearest_colour(target)
+    others = np.mean([_similarity(seen, c) for name, c in PALETTE.items() if name != truth])
+    return SubjectScore(_similarity(seen, target), _similarity(seen, PALETTE[truth]) - float(others),
+                        _nearest_colour(seen) == truth)
 
 
 @torch.no_grad()
@@ -431,12 +436,11 @@ def verdict(cfg: LearnCheckConfig, scores: dict[str, np.ndarray], losses: dict, 
     """The table and the checks from per-case scores ([cases, 3]: similarity, identity, right colour);
     the checks compare identity scores."""
     full_names = [f"full (seed {s})" for s in cfg.training_seeds]
-    identity = {name: np.asarray(values, dtype=np.float64)[:, 1] for name, values in scores.items()}
-    full = identity[full_names[0]]
-    seed_gap = abs(float(identity[full_names[1]].mean() - full.mean())) if len(full_names) > 1 else 0.0
+    scores = {name: np.asarray(values, dtype=np.float64) for name, values in scores.items()}
+    full = scores[full_names[0]][:, 1]
+    seed_gap = abs(float(scores[full_names[1]][:, 1].mean() - full.mean())) if len(full_names) > 1 else 0.0
     rows, checks = [], {}
     for name, values in scores.items():
-        values = np.asarray(values, dtype=np.float64)
         diff = full - values[:, 1]
         se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if name not in full_names[:1] else 0.0
         rows.append({"condition": name, "similarity": float(values[:, 0].mean()),
