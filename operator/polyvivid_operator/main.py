@@ -13,7 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reconcile PolyVividTraining, CurationJob and PolyVividService resources into PyTorchJobs, "
                     "RayJobs and RayServices. Settings from the environment: POLYVIVID_IMAGE (workload image), "
                     "POLYVIVID_METRICS_PORT (default 8080), POLYVIVID_SYNC_INTERVAL (seconds, default 30), "
-                    "POLYVIVID_MAX_GPUS_PER_NODE (default 8).")
+                    "POLYVIVID_MAX_GPUS_PER_NODE (default 8), POLYVIVID_S3_ENDPOINT (the object store of specs that name "
+                    "no storage.endpoint), POLYVIVID_ALLOWED_S3_ENDPOINTS (comma-separated: other endpoints a spec "
+                    "may name).")
     parser.add_argument("--namespace", "-n", action="append", default=[],
                         help="watch only this namespace (repeatable; default: all namespaces)")
     parser.add_argument("--peering", default=None,

@@ -1,7 +1,14 @@
 """Checks a spec must pass beyond its CRD schema and pydantic model, that need no cluster: shared by
-the handlers (which add the checks that do: Secrets, referenced resources) and `polyvivid render`."""
+the handlers (which add the checks that do: Secrets, referenced resources) and `polyvivid render`.
+
+Some rules hold only in the cluster, so they live here and not in the models (which local runs share):
+artifacts are s3:// URIs (a path or file:// would be read from whichever pod, or the operator, reads
+it), the object store is one the operator's configuration allows, and a service has an API token
+unless its spec says it runs open."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -9,6 +16,7 @@ from polyvivid.api import CurationJob, PolyVividService, PolyVividTraining
 from polyvivid.api.common import format_validation_error
 
 from .children.rayservice import worker_bounds
+from .config import OperatorConfig
 
 
 class InvalidSpec(Exception):
@@ -23,19 +31,72 @@ def validated(model, body: dict):
         raise InvalidSpec(format_validation_error(e, "spec")) from None
 
 
-def check_training(spec, max_gpus_per_node: int) -> None:
-    if spec.resources.gpus_per_node > max_gpus_per_node:
+def require_s3_uri(field: str, uri: str) -> None:
+    """In the cluster every artifact lives in the object store: s3://bucket/... and nothing else."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise InvalidSpec(f"{field}: {uri!r} is not an s3:// URI; in the cluster artifacts live in the object store")
+
+
+def training_uris(spec) -> list[tuple[str, str | None]]:
+    uris = [("spec.output", spec.output), ("spec.dataset.uri", spec.dataset.uri),
+            ("spec.model.hunyuanvideo", spec.model.hunyuanvideo), ("spec.model.llava", spec.model.llava)]
+    if spec.evaluation is not None:
+        ev = spec.evaluation
+        uris += [("spec.evaluation.cases", ev.cases), ("spec.evaluation.realVideos", ev.real_videos)]
+        uris += [(f"spec.evaluation.models.{field.alias}", getattr(ev.models, name))
+                 for name, field in type(ev.models).model_fields.items() if name != "preset"]
+    return uris
+
+
+def curation_uris(spec) -> list[tuple[str, str | None]]:
+    models = [("spec.caption.model", spec.caption.model), ("spec.grounding.model", spec.grounding.model),
+              ("spec.segmentation.model", spec.segmentation.model), ("spec.clipScore.model", spec.clip_score.model),
+              ("spec.filters.subtitleDetector", spec.filters.subtitle_detector),
+              ("spec.filters.watermarkDetector", spec.filters.watermark_detector),
+              ("spec.filters.qualityScorer", spec.filters.quality_scorer)]
+    return [("spec.input", spec.input), ("spec.output", spec.output),
+            *((f"{field}.uri", ref.uri) for field, ref in models if ref is not None)]
+
+
+def service_uris(spec) -> list[tuple[str, str | None]]:
+    return [("spec.output", spec.output), ("spec.model.uri", spec.model.uri),
+            ("spec.model.baseModel", spec.model.base_model)]
+
+
+def check_endpoint(spec, config: OperatorConfig) -> None:
+    """The operator signs requests with the namespace's Secret for the endpoint a spec names (reading
+    progress.json): only the object stores its configuration lists may receive them."""
+    endpoint = spec.storage.endpoint
+    if endpoint is None or config.endpoint_allowed(endpoint):
+        return
+    allowed = ", ".join(config.endpoints()) or "none configured"
+    default = f"; leave it unset to use {config.s3_endpoint}" if config.s3_endpoint else ""
+    raise InvalidSpec(f"spec.storage.endpoint: {endpoint!r} is not an object store this operator may use "
+                      f"(allowed: {allowed}{default}; the chart's objectStore values list them)")
+
+
+def check_name(body: dict) -> None:
+    # PyTorchJob, RayJob and RayService names must be DNS-1035 labels, and the children are named after
+    # the resource (children.common.child_name keeps them short enough, not their first character)
+    name = body["metadata"]["name"]
+    if not name[:1].isalpha():
+        raise InvalidSpec(f"metadata.name: {name!r} must start with a letter: the {body['kind']}'s children are "
+                          "named after it, and PyTorchJob, RayJob and RayService names are DNS-1035 labels")
+
+
+def check_training(spec, config: OperatorConfig) -> None:
+    if spec.resources.gpus_per_node > config.max_gpus_per_node:
         raise InvalidSpec(f"spec.resources.gpusPerNode: {spec.resources.gpus_per_node} GPUs per node requested, "
-                          f"the largest node has {max_gpus_per_node}")
+                          f"the largest node has {config.max_gpus_per_node}")
 
 
-def check_curation(spec, max_gpus_per_node: int) -> None:
-    worker = spec.worker
+def check_curation(spec, config: OperatorConfig) -> None:
+    worker, max_gpus = spec.worker, config.max_gpus_per_node
     if spec.ray_address:
         raise InvalidSpec("spec.rayAddress: the operator runs curation on a RayCluster of its own; leave it unset")
-    if worker.gpus > max_gpus_per_node:
-        raise InvalidSpec(f"spec.worker.gpus: {worker.gpus} GPUs per worker requested, "
-                          f"the largest node has {max_gpus_per_node}")
+    if worker.gpus > max_gpus:
+        raise InvalidSpec(f"spec.worker.gpus: {worker.gpus} GPUs per worker requested, the largest node has {max_gpus}")
     for stage in ("caption", "grounding", "segmentation"):
         res = getattr(spec, stage).resources
         if spec.workers and res.gpus > worker.gpus:
@@ -48,10 +109,15 @@ def check_curation(spec, max_gpus_per_node: int) -> None:
             raise InvalidSpec(f"spec.{stage}.resources.gpus: the stage needs GPUs but spec.workers is 0")
 
 
-def check_service(spec, max_gpus_per_node: int) -> None:
-    if spec.worker.gpus > max_gpus_per_node:
+def check_service(spec, config: OperatorConfig) -> None:
+    if spec.api_token_secret_ref is None and not spec.allow_unauthenticated:
+        # in the cluster the port is reachable by every pod: open only when the spec says so
+        raise InvalidSpec("spec.apiTokenSecretRef: a service in the cluster needs an API token: create a Secret "
+                          "holding one and set spec.apiTokenSecretRef to it, or set spec.allowUnauthenticated: "
+                          "true to let anyone who reaches the service use it")
+    if spec.worker.gpus > config.max_gpus_per_node:
         raise InvalidSpec(f"spec.worker.gpus: {spec.worker.gpus} GPUs per worker requested, "
-                          f"the largest node has {max_gpus_per_node}")
+                          f"the largest node has {config.max_gpus_per_node}")
     try:
         worker_bounds(spec)
     except ValueError:
@@ -60,13 +126,20 @@ def check_service(spec, max_gpus_per_node: int) -> None:
                           f"{spec.worker.cpus} (spec.worker)") from None
 
 
-CHECKS = {"PolyVividTraining": (PolyVividTraining, check_training), "CurationJob": (CurationJob, check_curation),
-          "PolyVividService": (PolyVividService, check_service)}
+# kind -> (model, its artifact URIs (field, URI or None), its own checks)
+CHECKS = {"PolyVividTraining": (PolyVividTraining, training_uris, check_training),
+          "CurationJob": (CurationJob, curation_uris, check_curation),
+          "PolyVividService": (PolyVividService, service_uris, check_service)}
 
 
-def checked_spec(body: dict, max_gpus_per_node: int):
+def checked_spec(body: dict, config: OperatorConfig):
     """The resource's spec, validated and checked for its kind (InvalidSpec otherwise)."""
-    model, check = CHECKS[body["kind"]]
+    model, uris, check = CHECKS[body["kind"]]
     spec = validated(model, body)
-    check(spec, max_gpus_per_node)
+    check_name(body)
+    for field, uri in uris(spec):
+        if uri is not None:
+            require_s3_uri(field, uri)
+    check_endpoint(spec, config)
+    check(spec, config)
     return spec

@@ -75,10 +75,19 @@ class ServiceSpec(ApiModel):
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     output: str = Field(min_length=1, description="URI where job records and videos go (jobs/ID/...)")
     api_token_secret_ref: TokenSecretRef | None = Field(None, description="Secret with a bearer token for /v1")
+    allow_unauthenticated: bool = Field(False, description="serve /v1 with no token: anyone who reaches the port "
+                                        "can submit, read and cancel jobs. Without it a service needs "
+                                        "apiTokenSecretRef (in the cluster) or a token (locally)")
     worker: WorkerShape = Field(default_factory=WorkerShape, description="the RayCluster's worker pods; "
                                 "the operator scales them between the counts that replicas.min and .max need")
     storage: StorageSpec = Field(default_factory=StorageSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+
+    @model_validator(mode="after")
+    def _auth_one_way(self):
+        if self.allow_unauthenticated and self.api_token_secret_ref is not None:
+            raise ValueError("give apiTokenSecretRef or allowUnauthenticated, not both")
+        return self
 
     @model_validator(mode="after")
     def _defaults_within_limits(self):

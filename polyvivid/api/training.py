@@ -193,6 +193,8 @@ class TrainingSpec(ApiModel):
     parallelism: Literal["fsdp", "ddp"] = "fsdp"
     activation_checkpointing: bool = True
     checkpoint_interval: int = Field(500, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="good checkpoints kept; older ones are deleted once a "
+                                                      "newer one is complete")
     progress_interval: int = Field(10, ge=1, description="steps between progress.json updates")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on rank 0; 0 disables")
     seed: int = 0

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from polyvivid.api import CurationJob, PolyVividService, SpecError, load_resource
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def service(**spec):
@@ -35,6 +40,22 @@ def test_invalid_services_name_the_field(change, field):
     with pytest.raises(SpecError) as err:
         load_resource(service(**change), PolyVividService)
     assert field in str(err.value)
+
+
+def test_allow_unauthenticated_defaults_off_and_excludes_a_token_secret():
+    assert load_resource(service(), PolyVividService).spec.allow_unauthenticated is False
+    assert load_resource(service(allowUnauthenticated=True), PolyVividService).spec.allow_unauthenticated is True
+    with pytest.raises(SpecError, match="spec: Value error, give apiTokenSecretRef or allowUnauthenticated, not both"):
+        load_resource(service(allowUnauthenticated=True, apiTokenSecretRef={"name": "tok"}), PolyVividService)
+
+
+def test_the_crd_has_allow_unauthenticated_as_an_optional_boolean_defaulting_to_false():
+    """`make manifests` ran after the field was added (the generic drift test says the same for every field)."""
+    crd = yaml.safe_load((ROOT / "manifests" / "crds" / "polyvivid.io_polyvividservices.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["allowUnauthenticated"]["type"] == "boolean"
+    assert spec["properties"]["allowUnauthenticated"]["default"] is False
+    assert "allowUnauthenticated" not in spec.get("required", [])
 
 
 def curation(**spec):

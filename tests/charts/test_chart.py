@@ -98,6 +98,8 @@ def test_the_deployment_arguments_and_environment_are_what_the_operator_reads(va
     config = OperatorConfig.from_env()
     workload = (values or {}).get("workloadImage", {"repository": "ghcr.io/polyvivid/polyvivid", "tag": "0.1.0"})
     assert config.image == f"{workload['repository']}:{workload['tag']}"
+    store = (values or {}).get("objectStore", {"endpoint": "http://minio.minio:9000", "allowedEndpoints": []})
+    assert config.s3_endpoint == store["endpoint"] and list(config.allowed_s3_endpoints) == store["allowedEndpoints"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert config.metrics_port == ports["metrics"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
@@ -135,6 +137,28 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_shrinks():
     for binding in bindings + [only(objs, "ClusterRoleBinding")]:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": "polyvivid-system"}]
+
+
+def test_secret_namespaces_move_secrets_out_of_the_cluster_role_into_roles():
+    for watch in ([], ["ml", "research"]):
+        objs = render({"watchNamespaces": watch, "rbac": {"secretNamespaces": ["ml", "vault"]}})
+        roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs if o["kind"] == "Role"}
+        with_secrets = sorted(key for key, role in roles.items() if any("secrets" in r["resources"] for r in role["rules"]))
+        assert with_secrets == [("ml", "polyvivid-operator-secrets"), ("vault", "polyvivid-operator-secrets")]
+        for ns in ("ml", "vault"):
+            assert roles[(ns, "polyvivid-operator-secrets")]["rules"] == [
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+        assert not any("secrets" in r["resources"] for r in only(objs, "ClusterRole")["rules"])
+        bindings = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs if o["kind"] == "RoleBinding"}
+        for ns in ("ml", "vault"):
+            binding = bindings[(ns, "polyvivid-operator-secrets")]
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                          "name": "polyvivid-operator-secrets"}
+            assert binding["subjects"][0]["name"] == only(objs, "ServiceAccount")["metadata"]["name"]
+    # without the switch: Secrets in the ClusterRole (all namespaces), no Secret Roles
+    default = render()
+    assert any("secrets" in r["resources"] for r in only(default, "ClusterRole")["rules"])
+    assert [o for o in default if o["kind"] == "Role"] == []
 
 
 def test_monitoring_objects_select_what_they_should():
@@ -211,6 +235,10 @@ def test_the_podmonitors_select_the_workload_pods_the_operator_creates():
     ({"metrics": {"port": "8080"}}, "want integer"),
     ({"imagee": {"repository": "x"}}, "additional properties 'imagee' not allowed"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"objectStore": {"endpoint": "minio.minio:9000"}}, "/objectStore/endpoint"),
+    ({"objectStore": {"endpoint": "http://minio.minio:9000/bucket"}}, "/objectStore/endpoint"),
+    ({"objectStore": {"allowedEndpoints": ["ftp://s3.example"]}}, "/objectStore/allowedEndpoints/0"),
+    ({"rbac": {"secretNamespaces": ["Bad_NS"]}}, "/rbac/secretNamespaces/0"),
 ])
 def test_bad_values_are_refused_with_the_reason(values, message):
     with pytest.raises(helm.HelmError) as e:

@@ -24,17 +24,17 @@ def child_image(child: dict) -> str:
 
 
 CASES = {
-    "PolyVividTraining": (lambda tmp: training_manifest(str(tmp / "run"), name="one"), "PyTorchJob", "one-train"),
-    "CurationJob": (lambda tmp: curation_manifest(str(tmp / "data"), name="one"), "RayJob", "one-curate"),
-    "PolyVividService": (lambda tmp: service_manifest(name="one"), "RayService", "one"),
+    "PolyVividTraining": (lambda: training_manifest("s3://runs/one", name="one"), "PyTorchJob", "one-train"),
+    "CurationJob": (lambda: curation_manifest("s3://datasets/one", name="one"), "RayJob", "one-curate"),
+    "PolyVividService": (lambda: service_manifest(name="one"), "RayService", "one"),
 }
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-def test_create_update_restart_delete(kind, kube, apiserver, monkeypatch, tmp_path):
+def test_create_update_restart_delete(kind, kube, apiserver, monkeypatch):
     manifest, child_kind, child_name = CASES[kind]
     with running_operator(monkeypatch):
-        kube.create(manifest(tmp_path))
+        kube.create(manifest())
         child = wait_for(lambda: kube.get(child_kind, child_name), what=f"the {child_kind}")
         assert child["metadata"]["ownerReferences"][0]["kind"] == kind
         assert child_image(child) == "registry.test/polyvivid:ci"

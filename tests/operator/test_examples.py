@@ -53,7 +53,8 @@ def test_render_errors_are_one_line(tmp_path):
     assert code == 2 and "PolyVividService/polyvivid: spec.model.training" in err and "Traceback" not in err
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividService",
-                                   "metadata": {"name": "x"}, "spec": {"model": {"preset": "tiny"}, "output": "o",
+                                   "metadata": {"name": "x"}, "spec": {"model": {"preset": "tiny"}, "output": "s3://b/o",
+                                                                        "allowUnauthenticated": True,
                                                                         "worker": {"gpus": 12}}}))
     result = polyvivid("render", str(bad), "--max-gpus-per-node", "8")
     code, err = result.returncode, result.stderr

@@ -9,6 +9,8 @@ import json
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from polyvivid.storage import open_store
+
 from ..kube.client import wait_for
 from .test_training_reconcile import job_condition, training_manifest
 
@@ -25,9 +27,9 @@ def value(samples: dict, metric: str, /, **labels) -> float:
     return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_count_reconciles_and_resources_by_phase(kube, operator, tmp_path):
-    kube.create(training_manifest(str(tmp_path / "a"), name="good"))
-    kube.create(training_manifest(str(tmp_path / "b"), name="bad", resources={"nodes": 1, "gpusPerNode": 16}))
+def test_metrics_count_reconciles_and_resources_by_phase(kube, operator):
+    kube.create(training_manifest("s3://runs/a", name="good"))
+    kube.create(training_manifest("s3://runs/b", name="bad", resources={"nodes": 1, "gpusPerNode": 16}))
     kind = "PolyVividTraining"
     samples = wait_for(lambda: (s := scrape(operator.metrics_url))
                        and value(s, "polyvivid_operator_resources", kind=kind, phase="Pending") == 1
@@ -43,12 +45,11 @@ def test_metrics_count_reconciles_and_resources_by_phase(kube, operator, tmp_pat
              what="the deleted resource to leave the gauge")
 
 
-def test_each_resource_phase_and_training_step_are_exported(kube, operator, tmp_path):
-    out = tmp_path / "run"
-    kube.create(training_manifest(str(out), name="t1"))
+def test_each_resource_phase_and_training_step_are_exported(kube, s3_bucket, operator):
+    out = f"{s3_bucket}/run"
+    kube.create(training_manifest(out, name="t1"))
     wait_for(lambda: kube.get("PyTorchJob", "t1-train"), what="the PyTorchJob")
-    out.mkdir(parents=True)
-    (out / "progress.json").write_text(json.dumps({"status": "running", "step": 7, "loss": 0.5}))
+    open_store(out).write_text("progress.json", json.dumps({"status": "running", "step": 7, "loss": 0.5}))
     kube.set_status("PyTorchJob", "t1-train", job_condition("Running", "2026-11-24T00:01:00Z"))
     running = dict(kind="PolyVividTraining", namespace="ml", name="t1", phase="Running")
     samples = wait_for(lambda: (s := scrape(operator.metrics_url))

@@ -1,5 +1,6 @@
-"""The operator reads progress.json from a real S3 server (SeaweedFS) with the credentials of the
-Secret the training names, not with any of its own (none are in its environment here)."""
+"""The operator reads progress.json from a real S3 server (SeaweedFS), its configured object store
+(POLYVIVID_S3_ENDPOINT), with the credentials of the Secret the training names, not with any of its own
+(none are in its environment here)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ def test_progress_is_read_with_the_specs_secret(kube, apiserver, s3_bucket, s3_e
     output = f"{s3_bucket}/runs/demo"
     open_store(output).write_text("progress.json", json.dumps({"status": "running", "step": 5, "loss": 0.5,
                                                                 "stage": "identity"}))
-    for var in ("POLYVIVID_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # POLYVIVID_S3_ENDPOINT stays: the configured store
         monkeypatch.delenv(var)
     kube.create(secret("s3-creds", s3_env["access_key"], s3_env["secret_key"]))
     kube.create(secret("wrong-creds", s3_env["access_key"], "not-the-key"))
-    storage = {"endpoint": s3_env["endpoint"]}
-    kube.create(training_manifest(output, name="good", storage={**storage, "secretRef": {"name": "s3-creds"}}))
-    kube.create(training_manifest(output, name="bad", storage={**storage, "secretRef": {"name": "wrong-creds"}}))
+    # "good" names the configured endpoint (compared normalised: the trailing slash does not matter), "bad"
+    # none (the configured one is used)
+    kube.create(training_manifest(output, name="good", storage={"endpoint": s3_env["endpoint"] + "/",
+                                                                "secretRef": {"name": "s3-creds"}}))
+    kube.create(training_manifest(output, name="bad", storage={"secretRef": {"name": "wrong-creds"}}))
     with running_operator(monkeypatch):
         for name in ("good", "bad"):
             wait_for(lambda: kube.get("PyTorchJob", f"{name}-train"))

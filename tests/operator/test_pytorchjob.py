@@ -21,7 +21,7 @@ def training(**spec_changes) -> dict:
 
 
 def test_multi_node_gpu_job_validates_upstream_and_carries_owner_gpus_secrets_and_shm():
-    t = training(resources={"nodes": 3, "gpusPerNode": 8},
+    t = training(resources={"nodes": 3, "gpusPerNode": 8}, metricsPort=9090,
                  storage={"endpoint": "http://minio.minio:9000", "secretRef": {"name": "s3-creds"}})
     job = render_pytorchjob(t, image="registry.local/polyvivid:1", dataset_uri="s3://data/curated")
     validator = upstream_validator("kubeflow.org_pytorchjobs.yaml")
@@ -47,6 +47,7 @@ def test_multi_node_gpu_job_validates_upstream_and_carries_owner_gpus_secrets_an
     assert container["name"] == "pytorch" and container["image"] == "registry.local/polyvivid:1"
     assert container["command"][:4] == ["torchrun", "--module", "polyvivid.cli", "train"]
     assert container["command"][-2:] == ["--dataset", "s3://data/curated"]
+    assert container["command"][-4:-2] == ["--metrics-addr", "0.0.0.0"]  # scraped at the pod's address
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     env = {e["name"]: e for e in container["env"]}
     assert env["POLYVIVID_S3_ENDPOINT"]["value"] == "http://minio.minio:9000"

@@ -1,7 +1,7 @@
 """PolyVividTraining through the real operator and an API server over HTTP: create -> PyTorchJob and
 ConfigMap with owner references; the test plays the training operator (writes the PyTorchJob's
-status) and the workload (writes progress.json) and the training's status follows; update; delete;
-restart without duplicates; specs that are still wrong after the schema."""
+status) and the workload (writes progress.json to a real S3 server) and the training's status follows;
+update; delete; restart without duplicates; specs that are still wrong after the schema."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import time
 
 import yaml
+
+from polyvivid.storage import open_store
 
 from ..kube.client import wait_for
 from ..openapi import ROOT, upstream_errors
@@ -31,23 +33,23 @@ def job_condition(type_: str, at: str) -> dict:
                            {"type": type_, "status": "True", "reason": f"PyTorchJob{type_}", "lastTransitionTime": at}]}
 
 
-def test_training_lifecycle_create_status_update_delete(kube, operator, tmp_path):
-    out = tmp_path / "run"
-    created = kube.create(training_manifest(str(out)))
+def test_training_lifecycle_create_status_update_delete(kube, s3_bucket, operator):
+    out = f"{s3_bucket}/run"
+    store = open_store(out)
+    created = kube.create(training_manifest(out))
     job = wait_for(lambda: kube.get("PyTorchJob", "demo-train"), what="the PyTorchJob")
     assert upstream_errors(job) == []
     assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
     assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == \
         "registry.test/polyvivid:ci"
     cm = kube.get("ConfigMap", "demo-train-spec")
-    assert yaml.safe_load(cm["data"]["training.yaml"])["spec"]["output"] == str(out)
+    assert yaml.safe_load(cm["data"]["training.yaml"])["spec"]["output"] == out
     pending = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo")) and (t.get("status") or {}).get("phase") and t)
     assert pending["status"]["phase"] == "Pending" and pending["status"]["pytorchJob"] == "demo-train"
     assert ready(pending)["observedGeneration"] == 1
 
     # the training operator starts it; the workload writes progress.json
-    out.mkdir(parents=True)
-    (out / "progress.json").write_text(json.dumps({"status": "running", "step": 3, "total_steps": 8, "loss": 0.25,
+    store.write_text("progress.json", json.dumps({"status": "running", "step": 3, "total_steps": 8, "loss": 0.25,
                                                    "stage": "identity", "last_checkpoint": "step-00000002"}))
     kube.set_status("PyTorchJob", "demo-train", job_condition("Running", "2026-11-24T00:01:00Z"))
     running = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo"))["status"].get("step") == 3 and t,
@@ -62,7 +64,7 @@ def test_training_lifecycle_create_status_update_delete(kube, operator, tmp_path
     wait_for(lambda: ready(kube.get("PolyVividTraining", "demo")).get("observedGeneration") == 2)
 
     # the evaluation stage (spec.evaluation) runs after the last step: the message says so
-    (out / "progress.json").write_text(json.dumps({"status": "evaluating", "step": 8, "loss": 0.1,
+    store.write_text("progress.json", json.dumps({"status": "evaluating", "step": 8, "loss": 0.1,
                                                    "final": f"{out}/final"}))
     wait_for(lambda: ready(kube.get("PolyVividTraining", "demo"))["message"].startswith("evaluating the final weights"),
              what="the evaluating message")
@@ -70,7 +72,7 @@ def test_training_lifecycle_create_status_update_delete(kube, operator, tmp_path
     # done: final weights with a version, the evaluation's numbers, Ready=True, an Event for each transition
     evaluation = {"metrics": {"clip_b": 0.31, "temporal_consistency": 0.97}, "report": f"{out}/eval/report.json",
                   "videos": 2, "cases": 2}
-    (out / "progress.json").write_text(json.dumps({"status": "succeeded", "step": 8, "loss": 0.1, "stage": "interaction",
+    store.write_text("progress.json", json.dumps({"status": "succeeded", "step": 8, "loss": 0.1, "stage": "interaction",
                                                    "final": f"{out}/final", "updated_at": "2026-11-24T01:00:00+00:00",
                                                    "evaluation": evaluation}))
     kube.set_status("PyTorchJob", "demo-train", job_condition("Succeeded", "2026-11-24T01:00:01Z"))
@@ -89,9 +91,9 @@ def test_training_lifecycle_create_status_update_delete(kube, operator, tmp_path
              what="the children to go")
 
 
-def test_a_restarted_operator_creates_no_duplicates_and_changes_nothing(kube, apiserver, monkeypatch, tmp_path):
+def test_a_restarted_operator_creates_no_duplicates_and_changes_nothing(kube, apiserver, monkeypatch):
     with running_operator(monkeypatch):
-        kube.create(training_manifest(str(tmp_path / "run")))
+        kube.create(training_manifest("s3://runs/restart"))
         wait_for(lambda: (kube.get("PolyVividTraining", "demo").get("status") or {}).get("phase") == "Pending")
     job_before = kube.get("PyTorchJob", "demo-train")
     status_before = kube.get("PolyVividTraining", "demo")["status"]
@@ -105,8 +107,8 @@ def test_a_restarted_operator_creates_no_duplicates_and_changes_nothing(kube, ap
     assert kube.get("PolyVividTraining", "demo")["status"]["conditions"] == status_before["conditions"]
 
 
-def test_invalid_specs_get_a_reason_and_no_children(kube, operator, tmp_path):
-    out = str(tmp_path / "run")
+def test_invalid_specs_get_a_reason_and_no_children(kube, operator):
+    out = "s3://runs/invalid"
     cases = {
         "no-secret": ({"storage": {"secretRef": {"name": "missing-creds"}}}, "Secret 'missing-creds' not found"),
         "no-curation": ({"dataset": {"curationJob": "nope"}}, "CurationJob 'nope' not found"),

@@ -1,8 +1,9 @@
-"""What every child shares: labels, the owner reference, the spec ConfigMap, pod placement, the
-container's security context and storage env."""
+"""What every child shares: its name, labels, the owner reference, the spec ConfigMap, pod placement,
+the container's security context and storage env."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import yaml
@@ -14,6 +15,27 @@ DEFAULT_IMAGE = "ghcr.io/polyvivid/polyvivid:0.1.0"
 RUN_AS_USER = 1000  # the image's non-root user
 SPEC_DIR = "/etc/polyvivid"  # where the spec ConfigMap is mounted in the workload pods
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+# The longest name each child kind may have so that its controller accepts it and the names it derives
+# stay valid. KubeRay refuses RayJob and RayService names over 47 (the RayCluster it makes is NAME-xxxxx,
+# whose Service NAME-xxxxx-serve-svc must fit in 63). The training operator names each replica's Pod and
+# Service NAME-worker-INDEX, a DNS label of at most 63: 52 leaves room for "-worker-510" (512 nodes).
+# ConfigMap names may be DNS subdomains (253).
+NAME_LIMITS = {"ConfigMap": 253, "PyTorchJob": 63 - len("-worker-510"), "RayJob": 47, "RayService": 47}
+NAME_HASH_CHARS = 8
+
+
+def child_name(owner: dict, suffix: str, kind: str) -> str:
+    """The owner's name + suffix; when that is longer than the kind allows, the owner's name cut short, then
+    8 hex digits of the full name's sha256, then the suffix: stable across reconciles, and two long owners
+    that differ only at the end still get different children."""
+    name = owner["metadata"]["name"]
+    full, limit = name + suffix, NAME_LIMITS[kind]
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:NAME_HASH_CHARS]
+    head = name[:limit - len(suffix) - NAME_HASH_CHARS - 1].rstrip("-")
+    return f"{head}-{digest}{suffix}"
 
 
 def labels(owner: dict, component: str) -> dict[str, str]:
@@ -58,8 +80,17 @@ def pod_placement(scheduling: SchedulingSpec) -> dict[str, Any]:
     return out
 
 
-def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
-    """The store's settings as env; credentials only as references to the Secret, never values."""
+def effective_storage(storage: StorageSpec, s3_endpoint: str | None) -> StorageSpec:
+    """The spec's storage settings, on the operator's object store (s3_endpoint) when they name no endpoint."""
+    if storage.endpoint or not s3_endpoint:
+        return storage
+    return storage.model_copy(update={"endpoint": s3_endpoint})
+
+
+def storage_env(storage: StorageSpec, s3_endpoint: str | None = None) -> list[dict[str, Any]]:
+    """The store's settings as env; credentials only as references to the Secret, never values.
+    s3_endpoint: the operator's object store, for a spec that names no endpoint."""
+    storage = effective_storage(storage, s3_endpoint)
     env = [{"name": k, "value": v} for k, v in sorted(storage.environment().items())]
     if storage.secret_ref is not None:
         ref = storage.secret_ref
@@ -70,9 +101,9 @@ def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
     return env
 
 
-def workload_env(storage: StorageSpec) -> list[dict[str, Any]]:
+def workload_env(storage: StorageSpec, s3_endpoint: str | None = None) -> list[dict[str, Any]]:
     """Env of every workload container: never reach a model hub, and the store."""
-    return [{"name": "HF_HUB_OFFLINE", "value": "1"}, *storage_env(storage)]
+    return [{"name": "HF_HUB_OFFLINE", "value": "1"}, *storage_env(storage, s3_endpoint)]
 
 
 def security_context() -> dict[str, Any]:

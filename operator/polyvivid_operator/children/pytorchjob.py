@@ -11,8 +11,8 @@ from typing import Any
 
 from polyvivid.api import PolyVividTraining
 
-from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, labels, pod_placement, pod_security_context, security_context,
-                     spec_configmap, spec_volume, workload_env)
+from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, child_name, labels, pod_placement, pod_security_context,
+                     security_context, spec_configmap, spec_volume, workload_env)
 
 SPEC_FILE = "training.yaml"
 BACKOFF_LIMIT = 3
@@ -20,22 +20,26 @@ SHM_SIZE = "64Gi"  # NCCL and dataloader workers use /dev/shm; the container def
 
 
 def names(training: dict) -> dict[str, str]:
-    base = training["metadata"]["name"]
-    return {"pytorchjob": f"{base}-train", "configmap": f"{base}-train-spec"}
+    return {"pytorchjob": child_name(training, "-train", "PyTorchJob"),
+            "configmap": child_name(training, "-train-spec", "ConfigMap")}
 
 
 def render_configmap(training: dict) -> dict[str, Any]:
     return spec_configmap(training, names(training)["configmap"], SPEC_FILE, "training")
 
 
-def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str | None = None) -> dict[str, Any]:
+def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str | None = None,
+                      s3_endpoint: str | None = None) -> dict[str, Any]:
     """training: the PolyVividTraining as the API server returns it (a dict with metadata.uid).
     image: the operator's default, unless spec.scheduling.image overrides it.
-    dataset_uri: the output of the CurationJob the spec names, once it succeeded."""
+    dataset_uri: the output of the CurationJob the spec names, once it succeeded.
+    s3_endpoint: the operator's object store, for a spec that names no storage.endpoint."""
     spec = PolyVividTraining.model_validate(training).spec
     res, sched = spec.resources, spec.scheduling
     gpus = res.gpus_per_node
     args = ["torchrun", "--module", "polyvivid.cli", "train", f"{SPEC_DIR}/{SPEC_FILE}"]
+    if spec.metrics_port:  # rank 0's /metrics, for Prometheus to scrape at the pod's address (default: loopback)
+        args += ["--metrics-addr", "0.0.0.0"]
     if dataset_uri:
         args += ["--dataset", dataset_uri]
     volume, mount = spec_volume(names(training)["configmap"])
@@ -43,7 +47,7 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
         "name": "pytorch",  # the training operator finds the container by this name
         "image": sched.image or image,
         "command": args,
-        "env": workload_env(spec.storage),
+        "env": workload_env(spec.storage, s3_endpoint),
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port}] if spec.metrics_port else [],
         "resources": {"limits": {"nvidia.com/gpu": gpus}} if gpus else {},
         "volumeMounts": [mount, {"name": "dshm", "mountPath": "/dev/shm"}],

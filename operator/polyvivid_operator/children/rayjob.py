@@ -11,7 +11,7 @@ from typing import Any
 
 from polyvivid.api import CurationJob
 
-from .common import DEFAULT_IMAGE, SPEC_DIR, child_metadata, labels, spec_configmap, spec_volume, workload_env
+from .common import DEFAULT_IMAGE, SPEC_DIR, child_metadata, child_name, labels, spec_configmap, spec_volume, workload_env
 from .raycluster import ray_cluster_spec
 
 SPEC_FILE = "curation.yaml"
@@ -19,18 +19,18 @@ TTL_AFTER_FINISHED_S = 3600  # keep the finished RayJob (and its logs) an hour
 
 
 def names(job: dict) -> dict[str, str]:
-    base = job["metadata"]["name"]
-    return {"rayjob": f"{base}-curate", "configmap": f"{base}-curate-spec"}
+    return {"rayjob": child_name(job, "-curate", "RayJob"), "configmap": child_name(job, "-curate-spec", "ConfigMap")}
 
 
 def render_configmap(job: dict) -> dict[str, Any]:
     return spec_configmap(job, names(job)["configmap"], SPEC_FILE, "curation")
 
 
-def render_rayjob(job: dict, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def render_rayjob(job: dict, image: str = DEFAULT_IMAGE, s3_endpoint: str | None = None) -> dict[str, Any]:
+    """s3_endpoint: the operator's object store, for a spec that names no storage.endpoint."""
     spec = CurationJob.model_validate(job).spec
     volume, mount = spec_volume(names(job)["configmap"])
-    cluster = ray_cluster_spec(image=spec.scheduling.image or image, env=workload_env(spec.storage),
+    cluster = ray_cluster_spec(image=spec.scheduling.image or image, env=workload_env(spec.storage, s3_endpoint),
                                worker=spec.worker, scheduling=spec.scheduling,
                                min_workers=spec.workers, max_workers=spec.workers, pod_labels=labels(job, "curation"),
                                volumes=[volume], mounts=[mount], head_runs_work=spec.workers == 0)

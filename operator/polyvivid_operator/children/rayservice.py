@@ -2,7 +2,7 @@
 `polyvivid serve --print-config` prints) on a RayCluster whose worker group the autoscaler keeps
 between the pod counts that replicas.min and replicas.max need.
 
-KubeRay exposes Serve as the Service NAME-serve-svc on port 8000. Changing only serveConfigV2 (e.g.
+KubeRay exposes Serve as the Service RAYSERVICE-serve-svc on port 8000. Changing only serveConfigV2 (e.g.
 new weights) updates the application in place; changing the cluster starts a new one beside the old
 (upgradeStrategy NewCluster) and moves traffic once it is ready.
 """
@@ -18,15 +18,15 @@ from polyvivid.api import PolyVividService
 from polyvivid.api.service import ServiceSpec
 from polyvivid.serve.config import TOKEN_ENV, serve_config_v2
 
-from .common import DEFAULT_IMAGE, child_metadata, labels, workload_env
+from .common import DEFAULT_IMAGE, child_metadata, child_name, labels, workload_env
 from .raycluster import ray_cluster_spec
 
 SERVE_PORT = 8000
 
 
 def names(service: dict) -> dict[str, str]:
-    base = service["metadata"]["name"]
-    return {"rayservice": base, "serve_service": f"{base}-serve-svc"}
+    rayservice = child_name(service, "", "RayService")
+    return {"rayservice": rayservice, "serve_service": f"{rayservice}-serve-svc"}  # KubeRay names the Service
 
 
 def endpoint(service: dict) -> str:
@@ -51,11 +51,12 @@ def worker_bounds(spec: ServiceSpec) -> tuple[int, int]:
 
 
 def render_rayservice(service: dict, image: str = DEFAULT_IMAGE, model_uri: str | None = None,
-                      model_version: str | None = None) -> dict[str, Any]:
+                      model_version: str | None = None, s3_endpoint: str | None = None) -> dict[str, Any]:
     """model_uri: the final/ of the PolyVividTraining that spec.model.training names (the operator
-    resolves it); model_version changes when those weights change, which rolls the application out."""
+    resolves it); model_version changes when those weights change, which rolls the application out.
+    s3_endpoint: the operator's object store, for a spec that names no storage.endpoint."""
     spec = PolyVividService.model_validate(service).spec
-    env = workload_env(spec.storage)
+    env = workload_env(spec.storage, s3_endpoint)
     if spec.api_token_secret_ref is not None:
         ref = spec.api_token_secret_ref
         env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})

@@ -45,14 +45,28 @@ class Context:
     logger: Any
 
 
+def secret_forbidden(what: str, namespace: str, name: str) -> InvalidSpec:
+    """A 403 on a Secret the spec names: the operator's RBAC (the chart's rbac.secretNamespaces) does not let
+    it read Secrets in that namespace; said in the status rather than retried as an error."""
+    return InvalidSpec(f"{what}: the operator may not read Secret {name!r} in namespace {namespace!r} "
+                       "(403 Forbidden): its RBAC grants Secrets only in the namespaces of the chart's "
+                       "rbac.secretNamespaces; run the resource there, or add the namespace")
+
+
 async def require_secret(ctx: Context, namespace: str, name: str, what: str) -> None:
-    if await ctx.kube.get("v1", "Secret", namespace, name) is None:
+    try:
+        found = await ctx.kube.get("v1", "Secret", namespace, name)
+    except ApiError as e:
+        if e.status == 403:
+            raise secret_forbidden(what, namespace, name) from None
+        raise
+    if found is None:
         raise InvalidSpec(f"{what}: Secret {name!r} not found in namespace {namespace!r}")
 
 
 async def spec_for(body: dict, ctx: Context):
     """The checked spec (validation.checked_spec), and its storage Secret exists."""
-    spec = checked_spec(body, ctx.config.max_gpus_per_node)
+    spec = checked_spec(body, ctx.config)
     if spec.storage.secret_ref:
         await require_secret(ctx, body["metadata"]["namespace"], spec.storage.secret_ref.name,
                              "spec.storage.secretRef")

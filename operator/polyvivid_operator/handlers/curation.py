@@ -6,6 +6,7 @@ from __future__ import annotations
 from polyvivid.api.curation import CurationSpec
 
 from ..artifacts import read_json
+from ..children.common import effective_storage
 from ..children.rayjob import render_configmap, render_rayjob
 from .common import Context, Result, apply_children, declare_handlers, reconcile_referrers, reconcile_resource, spec_for
 
@@ -29,7 +30,8 @@ def rayjob_phase(job: dict | None) -> tuple[str, str]:
 async def reconcile(body: dict, ctx: Context) -> Result:
     spec: CurationSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
-    names = await apply_children(ctx, [render_configmap(body), render_rayjob(body, ctx.config.image)])
+    names = await apply_children(ctx, [render_configmap(body),
+                                       render_rayjob(body, ctx.config.image, ctx.config.s3_endpoint)])
     job = await ctx.kube.get(JOB_API, "RayJob", ns, names["RayJob"])
     phase, reason = rayjob_phase(job)
     fields = {"rayJob": names["RayJob"], "configMap": names["ConfigMap"], "output": spec.output}
@@ -37,7 +39,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
                "Succeeded": f"dataset written to {spec.output}",
                "Failed": ((job or {}).get("status") or {}).get("message") or "the RayJob failed"}[phase]
     if phase == "Succeeded":
-        summary, why = await read_json(ctx.kube, ns, spec.storage, spec.output, "summary.json")
+        summary, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
+                                       spec.output, "summary.json")
         if summary:
             fields.update(videos=summary.get("videos"), clipsWritten=summary.get("clips_written"),
                           rejected=len(summary.get("rejects", [])),

@@ -22,7 +22,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     memo.kube = Kube.from_environment(settings, logger)
     metrics.reset()
     memo.metrics_server = metrics.serve(memo.config.metrics_port) if memo.config.metrics_port else None
-    logger.info(f"polyvivid operator: image {memo.config.image}, metrics port {memo.config.metrics_port or 'off'}")
+    logger.info(f"polyvivid operator: image {memo.config.image}, metrics port {memo.config.metrics_port or 'off'}, "
+                f"object stores {', '.join(memo.config.endpoints()) or 'none configured'}")
 
 
 @kopf.on.cleanup()

@@ -9,7 +9,7 @@ from polyvivid.api.common import API_VERSION
 
 from ..children.rayservice import endpoint, render_rayservice
 from ..conditions import condition
-from ..validation import InvalidSpec
+from ..validation import InvalidSpec, require_s3_uri
 from .common import Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource, require_secret, \
     spec_for
 
@@ -46,22 +46,26 @@ async def reconcile(body: dict, ctx: Context) -> Result:
             return Result("Waiting", False, "WaitingForTraining",
                           f"waiting for PolyVividTraining {name} to succeed (phase {phase_of(training) or 'New'})")
         model_uri, model_version = weights["uri"], weights.get("version")
+        # the training's status comes from the progress.json its workload wrote: checked like a spec's URI
+        require_s3_uri(f"spec.model.training (PolyVividTraining {name} status.finalWeights.uri)", model_uri)
 
-    names = await apply_children(ctx, [render_rayservice(body, ctx.config.image, model_uri, model_version)])
+    rayservice = render_rayservice(body, ctx.config.image, model_uri, model_version, ctx.config.s3_endpoint)
+    names = await apply_children(ctx, [rayservice])
     rs = await ctx.kube.get(SERVICE_API, "RayService", ns, names["RayService"])
     phase, reason, endpoints = rayservice_phase(rs)
     fields = {"rayService": names["RayService"], "endpoint": endpoint(body), "readyReplicas": endpoints,
               "model": model_uri or spec.model.uri or spec.model.preset}
     if model_version:
         fields["modelVersion"] = model_version
-    message = {"Ready": f"serving at {fields['endpoint']}", "Deploying": "RayService deploying",
+    serving = f"serving at {fields['endpoint']}" + (" without authentication (spec.allowUnauthenticated)"
+                                                   if spec.allow_unauthenticated else "")
+    message = {"Ready": serving, "Deploying": "RayService deploying",
                "Failed": "the Serve application failed (see the RayService status)"}[phase]
     return Result(phase, phase == "Ready", reason, message, fields)
 
 
 async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
     await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
-
 
 
 declare_handlers(KIND, "polyvividservices", ("ray.io", "v1", "rayservices"), reconcile_named)

@@ -8,8 +8,9 @@ from polyvivid.api.common import API_VERSION
 
 from .. import metrics
 from ..artifacts import read_json
+from ..children.common import effective_storage
 from ..children.pytorchjob import render_configmap, render_pytorchjob
-from ..validation import InvalidSpec
+from ..validation import InvalidSpec, require_s3_uri
 from .common import (Context, Result, apply_children, declare_handlers, phase_of, reconcile_referrers,
                      reconcile_resource, spec_for)
 
@@ -48,8 +49,10 @@ async def reconcile(body: dict, ctx: Context) -> Result:
             return Result("Waiting", False, "WaitingForCuration",
                           f"waiting for CurationJob {name} (phase {phase or 'New'})")
         dataset_uri = curation["spec"]["output"]
+        require_s3_uri(f"spec.dataset.curationJob (CurationJob {name} spec.output)", dataset_uri)
 
-    names = await apply_children(ctx, [render_configmap(body), render_pytorchjob(body, ctx.config.image, dataset_uri)])
+    desired = render_pytorchjob(body, ctx.config.image, dataset_uri, ctx.config.s3_endpoint)
+    names = await apply_children(ctx, [render_configmap(body), desired])
     job = await ctx.kube.get(JOB_API, "PyTorchJob", ns, names["PyTorchJob"])
     phase, reason, since = job_phase(job)
     fields = {"pytorchJob": names["PyTorchJob"], "configMap": names["ConfigMap"],
@@ -57,7 +60,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     message = {"Pending": "PyTorchJob created, pods not running yet", "Running": "training",
                "Succeeded": "training finished", "Failed": "the PyTorchJob failed (see its pods' logs)"}[phase]
     if phase != "Pending":
-        progress, why = await read_json(ctx.kube, ns, spec.storage, spec.output, "progress.json")
+        progress, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
+                                        spec.output, "progress.json")
         progress = progress or {}
         fields.update({k: progress[src] for k, src in PROGRESS_FIELDS if progress.get(src) is not None})
         metrics.set_training_step(ns, body["metadata"]["name"], progress.get("step"))
