@@ -29,6 +29,8 @@ import time
 
 import torch
 
+from polyvivid.ray_local import init_local_ray
+
 CPU_SHAPE = dict(
     in_channels=16, out_channels=16, num_attention_heads=4, attention_head_dim=64, num_layers=2,
     num_single_layers=4, num_refiner_layers=1, mlp_ratio=4.0, text_embed_dim=256, pooled_projection_dim=64,
@@ -274,8 +276,7 @@ def curate(args) -> dict:
     start = time.perf_counter()
     clips = sum(len(split_and_filter({"video": f"v{i}.mp4"}, spec)) for i in range(8))
     split_seconds = time.perf_counter() - start
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    init_local_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
     try:
         from polyvivid.data.curation import curate as run_curation
 
@@ -331,7 +332,8 @@ def serve(args) -> dict:
     import tempfile
     import threading
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import secrets
+
     import ray
     from ray import serve as ray_serve
 
@@ -340,9 +342,10 @@ def serve(args) -> dict:
     from polyvivid.samples import draw_subject
     from polyvivid.serve.app import build_app
     from polyvivid.serve.client import Client
-    from polyvivid.serve.config import APP_NAME, serve_config_args
+    from polyvivid.serve.config import APP_NAME, TOKEN_ENV, serve_config_args
     from polyvivid.video import png_bytes
 
+    token = os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)  # the replicas inherit it, as in serve --local
     cores = os.cpu_count() or 2
     prompt, words = "A man plays the guitar", ("man", "guitar")
     req = SERVE_REQUEST
@@ -372,11 +375,10 @@ def serve(args) -> dict:
     with socket.socket() as probe:  # a free loopback port for Serve's HTTP proxy
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    init_local_ray(num_cpus=cores, log_to_driver=False, configure_logging=False)
     try:
         ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
-        client = Client(f"http://127.0.0.1:{port}")
+        client = Client(f"http://127.0.0.1:{port}", token=token)
 
         in_replica = []
 

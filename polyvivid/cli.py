@@ -36,6 +36,12 @@ def _add_prompt_and_subjects(parser: argparse.ArgumentParser) -> None:
                         help="a subject: its word in the prompt and an image file (PNG/JPEG); repeat per subject")
 
 
+def _add_ray_auth_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--insecure-ray-no-auth", action="store_true",
+                        help="with --local: start Ray without its token authentication (a warning says so); "
+                             "Ray listens on 127.0.0.1 either way")
+
+
 def _existing_subject_file(word: str, path: str) -> str:
     if not os.path.isfile(path):
         raise UsageError(f"subject {word!r}: image not found: {path}")
@@ -85,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train PolyVivid from a PolyVividTraining manifest",
         description="Run the PolyVividTraining in SPEC (the manifest you would `kubectl apply`). Inside "
-                    "torchrun (a PyTorchJob pod) it reads torchrun's environment; with --local it starts "
-                    "torchrun itself on this machine. A run resumes from OUTPUT/checkpoints/latest.",
+                    "torchrun (a PyTorchJob pod) it reads torchrun's environment; with --local --nproc N it starts "
+                    "N processes on this machine, their rendezvous on 127.0.0.1 (Ctrl-C or SIGTERM: they "
+                    "checkpoint and stop). A run resumes from its newest good checkpoint.",
         epilog="example: polyvivid train training.yaml --local --nproc 2 --output file:///tmp/run1",
     )
     train.add_argument("spec", help="PolyVividTraining YAML")
@@ -95,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="where artifacts go (file:// path or s3://), overriding spec.output")
     train.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
     train.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
-    train.add_argument("--metrics-addr", default="0.0.0.0", help="address of rank 0's Prometheus endpoint")
+    train.add_argument("--metrics-addr", default="127.0.0.1",
+                       help="address of rank 0's Prometheus endpoint (default 127.0.0.1; in a pod, 0.0.0.0 so that "
+                            "Prometheus can scrape it: the operator passes that)")
     train.add_argument("--metrics-port", type=int, help="port of rank 0's Prometheus endpoint (0: off)")
     train.set_defaults(run=cmd_train)
 
@@ -111,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--input", help="video URI prefix, overriding spec.input")
     curate.add_argument("--output", help="dataset URI, overriding spec.output")
     curate.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    _add_ray_auth_flag(curate)
     curate.set_defaults(run=cmd_curate)
 
     synth = sub.add_parser(
@@ -131,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "GET /v1/videos/ID/content, DELETE /v1/videos/ID, /healthz, /readyz, OpenAPI at /docs) in "
                     "front of generator replicas holding the model. --local starts Ray and Serve on 127.0.0.1 "
                     "and serves until Ctrl-C; --print-config prints the serveConfigV2 a RayService runs. "
-                    "With spec.apiTokenSecretRef, the token comes from $POLYVIVID_API_TOKEN.",
+                    "/v1 needs a bearer token: $POLYVIVID_API_TOKEN when set (required with "
+                    "spec.apiTokenSecretRef), else one generated once into ~/.config/polyvivid/api-token "
+                    "(which `polyvivid request` reads). --insecure-no-auth (or spec.allowUnauthenticated) runs "
+                    "open.",
         epilog="example: polyvivid serve service.yaml --local --port 8000 --model out/run1/final",
     )
     srv.add_argument("spec", help="PolyVividService YAML")
@@ -143,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights to serve, overriding spec.model (e.g. a training run's final/)")
     srv.add_argument("--output", help="where job records and videos go, overriding spec.output")
     srv.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    srv.add_argument("--insecure-no-auth", action="store_true",
+                     help="serve /v1 with no token: anyone who reaches the port can submit, read and cancel jobs")
+    _add_ray_auth_flag(srv)
     srv.set_defaults(run=cmd_serve)
 
     req = sub.add_parser(
@@ -160,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--guidance", float, "guidance scale"), ("--seed", int, "random seed")):
         req.add_argument(flag, type=kind, help=f"{what} (default: the service's)")
     req.add_argument("--output", required=True, help="the mp4 to write")
-    req.add_argument("--token-env", default="POLYVIVID_API_TOKEN", help="environment variable holding the token")
+    req.add_argument("--token-env", default="POLYVIVID_API_TOKEN",
+                     help="environment variable holding the token (default POLYVIVID_API_TOKEN; when unset, the "
+                          "token `serve --local` generated, in ~/.config/polyvivid/api-token)")
     req.add_argument("--wait-ready", type=float, default=0, metavar="SECONDS",
                      help="first wait up to SECONDS for the server to be ready (default 0: don't wait)")
     req.add_argument("--timeout", type=float, default=3600, help="give up after SECONDS (default 3600)")
@@ -350,11 +368,9 @@ def cmd_train(args) -> int:
         raise UsageError("--nproc N needs --local (under torchrun, torchrun sets the processes)")
     spec = _load_training(args)
     if args.local and args.nproc > 1:
-        import subprocess
+        from .train.launcher import launch
 
-        from .train.trainer import default_env_for_workers, torchrun_command
-
-        return subprocess.call(torchrun_command(args.spec, args.nproc, _forwarded(args)), env=default_env_for_workers())
+        return launch([args.spec, *_forwarded(args)], args.nproc)
     from .data.loader import SampleError
     from .storage import StorageError
     from .train.trainer import TrainingError, train
@@ -382,9 +398,11 @@ def cmd_curate(args) -> int:
     from .data.curation import curate
     from .storage import StorageError
 
+    from .ray_local import RayAuthOff
+
     try:
-        summary = curate(spec, local=args.local)
-    except StorageError as e:
+        summary = curate(spec, local=args.local, allow_ray_no_auth=args.insecure_ray_no_auth)
+    except (StorageError, RayAuthOff) as e:
         raise UsageError(str(e)) from None
     for stage, c in summary["stages"].items():
         print(f"{stage:12s} in {c['in']:5d}  out {c['out']:5d}  rejected {c['rejected']}")
@@ -414,7 +432,7 @@ def cmd_synth_data(args) -> int:
 
 def cmd_serve(args) -> int:
     from .api import PolyVividService
-    from .serve.config import TOKEN_ENV, serve_config_v2
+    from .serve.config import serve_config_v2
 
     def absolute(ref):  # Ray replicas do not share this process's working directory
         return ref if ref is None or "://" in ref or ref in ("tiny", "hunyuan-13b") else os.path.abspath(ref)
@@ -432,22 +450,56 @@ def cmd_serve(args) -> int:
 
         print(yaml.safe_dump(serve_config_v2(spec, args.model), sort_keys=False), end="")
         return 0
-    if spec.api_token_secret_ref is not None and not os.environ.get(TOKEN_ENV):
-        raise UsageError(f"{args.spec}: spec.apiTokenSecretRef names Secret {spec.api_token_secret_ref.name!r}; "
-                         f"locally put the token in ${TOKEN_ENV}")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a port")
+    spec = _local_api_auth(args, spec)
+    from .ray_local import RayAuthOff
     from .serve.local import serve_local
 
-    serve_local(spec, args.model, args.port, on_ready=lambda line: print(line, flush=True))
+    try:
+        serve_local(spec, args.model, args.port, on_ready=lambda line: print(line, flush=True),
+                    allow_ray_no_auth=args.insecure_ray_no_auth)
+    except RayAuthOff as e:
+        raise UsageError(str(e)) from None
     return 0
+
+
+def _local_api_auth(args, spec):
+    """The token `serve --local` requires ($POLYVIVID_API_TOKEN, or one generated into a 0600 file), or
+    none when told to run open; the replicas read it from the environment, as in the cluster."""
+    from .serve.config import TOKEN_ENV, local_token, local_token_file
+
+    if args.insecure_no_auth:
+        if spec.api_token_secret_ref is not None:
+            raise UsageError(f"{args.spec}: spec.apiTokenSecretRef and --insecure-no-auth contradict each other")
+        spec = spec.model_copy(update={"allow_unauthenticated": True})
+    if spec.allow_unauthenticated:
+        os.environ.pop(TOKEN_ENV, None)
+        print("polyvivid: warning: the HTTP API runs without authentication: anyone who reaches the port can "
+              "submit, read and cancel jobs", file=sys.stderr, flush=True)
+    elif os.environ.get(TOKEN_ENV):
+        print(f"API token: from ${TOKEN_ENV}", flush=True)
+    elif spec.api_token_secret_ref is not None:
+        raise UsageError(f"{args.spec}: spec.apiTokenSecretRef names Secret {spec.api_token_secret_ref.name!r}; "
+                         f"locally put the token in ${TOKEN_ENV}")
+    else:
+        os.environ[TOKEN_ENV] = local_token()
+        print(f"API token: in {local_token_file()} (readable by you only); `polyvivid request` reads it from "
+              f"there, other clients send it as 'Authorization: Bearer TOKEN' "
+              f"(export {TOKEN_ENV}=$(cat {local_token_file()}))", flush=True)
+    return spec
 
 
 def cmd_request(args) -> int:
     from .serve.client import ApiError, Client
 
+    from .serve.config import local_token_file
+
     images = {word: Path(_existing_subject_file(word, path)).read_bytes() for word, path in args.subject}
-    client = Client(args.url, token=os.environ.get(args.token_env))
+    token = os.environ.get(args.token_env)
+    if not token and local_token_file().is_file():  # what `serve --local` generated
+        token = local_token_file().read_text().strip()
+    client = Client(args.url, token=token)
     from tqdm import tqdm
 
     try:

@@ -195,6 +195,20 @@ class LocalStore(ArtifactStore):
         return self.uri(key)
 
 
+def _http_client(verify_tls: bool):
+    """minio's own client, with shorter waits: it retries 5 times and waits up to 5 minutes to connect, so
+    that one call to a store that is down took about 6 s to fail (and minutes if it hangs). Our callers
+    retry with backoff themselves (with_retries), and an HTTP reader gets its 503 in time."""
+    import certifi
+    import urllib3
+
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10, read=300), maxsize=10,
+        cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+
+
 class S3Store(ArtifactStore):
     def __init__(self, bucket: str, prefix: str = "", settings: S3Settings | None = None,
                  create_bucket: bool = False):
@@ -204,18 +218,13 @@ class S3Store(ArtifactStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.root_uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        http_client = None
-        if not self.settings.verify_tls:
-            import urllib3
-
-            http_client = urllib3.PoolManager(cert_reqs="CERT_NONE")
         self.client = Minio(
             self.settings.endpoint,
             access_key=self.settings.access_key,
             secret_key=self.settings.secret_key,
             secure=self.settings.secure,
             region=self.settings.region,
-            http_client=http_client,
+            http_client=_http_client(self.settings.verify_tls),
         )
         if create_bucket:
             self._call("create bucket", "", self._ensure_bucket)
@@ -290,27 +299,37 @@ class S3Store(ArtifactStore):
                           self._key(key), expires=timedelta(seconds=expires_s))
 
 
+MAX_RETRY_DELAY_S = 5.0
+
+
 def with_retries(fn, *args, attempts: int | None = None, base_delay_s: float | None = None,
-                 what: str = "storage call", **kwargs):
-    """Run a store call, retrying transient failures with exponential backoff.
+                 within_s: float | None = None, what: str = "storage call", **kwargs):
+    """Run a store call, retrying transient failures with exponential backoff (delays capped at 5 s).
 
     Missing objects and refused credentials are not transient: they raise at once. Defaults: 5
-    attempts from 0.5 s (POLYVIVID_RETRY_ATTEMPTS, POLYVIVID_RETRY_DELAY_S).
+    attempts from 0.5 s (POLYVIVID_RETRY_ATTEMPTS, POLYVIVID_RETRY_DELAY_S); `within_s` instead keeps
+    trying for that many seconds (what must not be lost to a short outage, e.g. a job's final record).
     """
     import logging
     import time
 
-    attempts = attempts or int(os.environ.get("POLYVIVID_RETRY_ATTEMPTS", "5"))
+    if within_s is None:
+        attempts = attempts or int(os.environ.get("POLYVIVID_RETRY_ATTEMPTS", "5"))
     base_delay_s = base_delay_s if base_delay_s is not None else float(os.environ.get("POLYVIVID_RETRY_DELAY_S", "0.5"))
-    for attempt in range(1, attempts + 1):
+    started, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
         try:
             return fn(*args, **kwargs)
         except (ObjectNotFound, StorageAuthError):
             raise
         except StorageError as e:
-            if attempt == attempts:
-                raise StorageError(f"{what} failed after {attempts} attempts: {e}") from None
-            delay = base_delay_s * 2 ** (attempt - 1)
+            delay = min(base_delay_s * 2 ** (attempt - 1), MAX_RETRY_DELAY_S)
+            if within_s is None:
+                if attempt >= attempts:
+                    raise StorageError(f"{what} failed after {attempts} attempts: {e}") from None
+            elif time.monotonic() - started + delay > within_s:
+                raise StorageError(f"{what} failed for {within_s:g} s ({attempt} attempts): {e}") from None
             logging.getLogger(__name__).warning("%s failed (%s); retrying in %.1f s", what, e, delay)
             time.sleep(delay)
 

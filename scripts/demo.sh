@@ -18,6 +18,11 @@ step "3/5 training (tiny preset, both stages) -> $OUT/demo/run (progress.json, c
 rm -rf "$OUT/demo/run"
 "$BIN/polyvivid" train manifests/examples/demo-training.yaml --output "$OUT/demo/run" --dataset "$OUT/demo/data"
 
+# The API token the service requires (demo-service.yaml names a token Secret; locally it is this variable),
+# and that `polyvivid request` sends.
+POLYVIVID_API_TOKEN=${POLYVIVID_API_TOKEN:-$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(24))')}
+export POLYVIVID_API_TOKEN
+
 step "4/5 serving $OUT/demo/run/final at http://127.0.0.1:$PORT (jobs in $OUT/demo/jobs)"
 "$BIN/polyvivid" serve manifests/examples/demo-service.yaml --local --port "$PORT" \
   --model "$OUT/demo/run/final" --output "$OUT/demo/jobs" &

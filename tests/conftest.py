@@ -37,53 +37,68 @@ def _weed_binary() -> str:
     return found
 
 
+class SeaweedS3:
+    """A real S3 endpoint (SeaweedFS `weed mini`) on 127.0.0.1 that can be stopped and started again on
+    the same ports and data (for outage tests)."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        config = work / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "admin",
+            "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]}))
+        s3_port, master_port, volume_port, filer_port = free_port(), free_port(), free_port(), free_port()
+        self.command = [
+            _weed_binary(), "mini", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", f"-s3.config={config}", "-admin.ui=false", "-webdav=false",
+            f"-s3.port={s3_port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
+            f"-filer.port={filer_port}",
+        ]
+        self.endpoint = f"http://127.0.0.1:{s3_port}"
+        self.info = {"endpoint": self.endpoint, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY}
+        self.proc: subprocess.Popen | None = None
+
+    def client(self):
+        from minio import Minio
+
+        return Minio(self.endpoint.split("://")[1], S3_ACCESS_KEY, S3_SECRET_KEY, secure=False)
+
+    def start(self, timeout_s: float = 60) -> None:
+        log = open(self.work / "weed.log", "ab")
+        self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=self.work)
+        log.close()
+        client, deadline = self.client(), time.time() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"weed exited early: {(self.work / 'weed.log').read_text()[-2000:]}")
+            try:
+                client.list_buckets()
+                client.make_bucket("probe")
+                client.remove_bucket("probe")
+                return
+            except Exception:
+                if time.time() > deadline:
+                    self.kill()
+                    pytest.fail(f"SeaweedFS not ready: {(self.work / 'weed.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        """Stop at once, as a crashed store does (a graceful stop takes ~28 s; test data is throwaway)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 endpoint: yields dict(endpoint, access_key, secret_key)."""
-    work = tmp_path_factory.mktemp("seaweedfs")
-    config = work / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "admin",
-        "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]}))
-    s3_port, master_port = free_port(), free_port()
-    volume_port, filer_port = free_port(), free_port()
-    cmd = [
-        _weed_binary(), "mini", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false", f"-s3.config={config}", "-admin.ui=false", "-webdav=false",
-        f"-s3.port={s3_port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
-        f"-filer.port={filer_port}",
-    ]
-    (work / "data").mkdir()
-    log = open(work / "weed.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    deadline = time.time() + 60
-    from minio import Minio
-
-    client = Minio(f"127.0.0.1:{s3_port}", S3_ACCESS_KEY, S3_SECRET_KEY, secure=False)
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"weed exited early: {(work / 'weed.log').read_text()[-2000:]}")
-        try:
-            client.list_buckets()
-            client.make_bucket("probe")
-            client.remove_bucket("probe")
-            break
-        except Exception:
-            if time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"SeaweedFS not ready: {(work / 'weed.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield {"endpoint": endpoint, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY}
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)  # graceful shutdown takes ~28 s; test data is throwaway
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server.info
+    server.kill()
 
 
 @pytest.fixture

@@ -164,3 +164,12 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not():
 
     with pytest.raises(StorageError, match="upload x failed after 2 attempts: disk full"):
         with_retries(broken, attempts=2, base_delay_s=0.001, what="upload x")
+
+    # within_s: tries for that long (not a count), then names the time
+    import time
+
+    calls.clear()
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"write job.json failed for 0.3 s \(\d+ attempts\): disk full"):
+        with_retries(lambda: calls.append(1) or broken(), base_delay_s=0.02, within_s=0.3, what="write job.json")
+    assert 0.1 < time.monotonic() - started <= 0.4 and len(calls) >= 3

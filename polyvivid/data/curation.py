@@ -327,8 +327,9 @@ def _actor(cls):
 
 
 # ---------------------------------------------------------------------------------------- driver
-def curate(spec: CurationSpec, local: bool = True, progress: bool = True) -> dict:
-    """Run the pipeline on Ray; returns the summary (also written to OUTPUT/summary.json)."""
+def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_ray_no_auth: bool = False) -> dict:
+    """Run the pipeline on Ray; returns the summary (also written to OUTPUT/summary.json). `local` starts a
+    one-machine Ray on loopback (polyvivid/ray_local.py) unless this process already runs one."""
     import ray
 
     started = time.perf_counter()
@@ -341,9 +342,10 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True) -> dic
     rows = []
     if todo:
         if not ray.is_initialized():
-            if local:  # a one-machine cluster, on loopback only
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                         _node_ip_address="127.0.0.1")
+            if local:
+                from ..ray_local import init_local_ray
+
+                init_local_ray(allow_ray_no_auth, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=spec.ray_address or "auto", log_to_driver=False, configure_logging=False)
         from ray.data import DataContext

@@ -33,10 +33,10 @@ from ray.serve.handle import DeploymentHandle
 
 from ..api.common import field_path
 from ..api.service import ServiceSpec
-from ..storage import S3Store, StorageError, open_store
+from ..storage import ObjectNotFound, S3Store, StorageError, open_store, with_retries
 from ..telemetry import SERVING
 from .config import TOKEN_ENV
-from .jobs import JobNotFound, JobStore
+from .jobs import RECORD_WITHIN_S, JobNotFound, JobStore
 from .schema import TERMINAL, JobAccepted, JobView, RequestRejected, VideoRequest, check_request, parse_body
 
 log = logging.getLogger("polyvivid.serve")
@@ -84,10 +84,13 @@ class Generator:
     async def ready(self) -> str:
         return self.model_ref
 
-    async def generate(self, job_id: str) -> str:
+    async def generate(self, job_id: str) -> dict:
         return await asyncio.to_thread(self._generate, job_id)
 
-    def _generate(self, job_id: str) -> str:
+    def _generate(self, job_id: str) -> dict:
+        """Run one job. Returns {"status"}, plus "recorded": False with the error when the store took no
+        end record (the ingress writes it once the store is back), or {"status": "not_started"} when
+        the store could not even be read (the ingress hands the job over again later)."""
         import io
 
         import torch
@@ -97,28 +100,44 @@ class Generator:
         from ..video import encode_mp4
 
         jobs = self.jobs
-        record = jobs.read(job_id)
-        if record["status"] in TERMINAL:
-            return record["status"]
-        if jobs.cancel_requested(job_id):
-            return jobs.update(job_id, status="cancelled")["status"]
-        record.update(status="running", started_at=time.time(), progress=0.0)
-        jobs.write(record)
+        try:
+            record = with_retries(jobs.read, job_id, what=f"read job {job_id}")
+            if record["status"] in TERMINAL:
+                return {"status": record["status"]}
+            subjects = [(s.name, Image.open(io.BytesIO(s.image)).convert("RGB"))
+                        for s in with_retries(jobs.subject_images, record, what=f"read the images of job {job_id}")]
+            if jobs.cancel_requested(job_id):
+                record.update(status="cancelled", finished_at=time.time())
+                return self._record_end(record)
+            record.update(status="running", started_at=time.time(), progress=0.0)
+            with_retries(jobs.write, record, what=f"write job {job_id}")
+        except JobNotFound:
+            return {"status": "not_found"}
+        except StorageError as e:
+            log.warning("job %s not started, the store is unavailable: %s", job_id, e)
+            return {"status": "not_started"}
         req = record["request"]
+        store_down = []  # progress and cancel checks are best effort: an outage must not fail the job
 
         def on_step(step: int, total: int) -> None:
-            if jobs.cancel_requested(job_id):
-                raise JobCancelled
             record["progress"] = round(0.99 * step / total, 4)  # 1.0 only once the video is stored
-            jobs.write(record)
+            try:
+                if jobs.cancel_requested(job_id):
+                    raise JobCancelled
+                jobs.write(record)
+            except StorageError as e:
+                if not store_down:
+                    log.warning("job %s: progress not stored (%s); generating on", job_id, e)
+                store_down.append(step)
 
         start = time.perf_counter()
         try:
-            subjects = [(s.name, Image.open(io.BytesIO(s.image)).convert("RGB")) for s in jobs.subject_images(record)]
             frames = self.pipe(req["prompt"], subjects, num_frames=req["num_frames"], height=req["height"],
                                width=req["width"], num_inference_steps=req["steps"], guidance_scale=req["guidance"],
                                generator=torch.Generator().manual_seed(req["seed"]), callback=on_step)
-            jobs.store.write_bytes(jobs.video_key(job_id), encode_mp4(frames, fps=FPS))
+            video = encode_mp4(frames, fps=FPS)
+            with_retries(jobs.store.write_bytes, jobs.video_key(job_id), video, within_s=RECORD_WITHIN_S,
+                         what=f"store the video of job {job_id}")
             record.update(status="succeeded", progress=1.0)
             self.generated.inc()
             self.seconds.observe(time.perf_counter() - start)
@@ -126,14 +145,25 @@ class Generator:
             record["status"] = "cancelled"
         except InvalidRequest as e:  # what only the model knows, e.g. its own subject limit
             record.update(status="failed", error=str(e))
+        except StorageError as e:
+            log.error("job %s: video not stored: %s", job_id, e)
+            record.update(status="failed", error=f"the video could not be stored (the store was unavailable "
+                                                  f"for {RECORD_WITHIN_S:g} s); submit the job again")
         except Exception as e:  # the job ends failed with the reason; the replica lives on
             log.exception("job %s failed", job_id)
-            record.update(status="failed", error=f"{e.__class__.__name__}: {e}"[:1000])
+            record.update(status="failed", error=f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
             if self.device == "cuda":
                 torch.cuda.empty_cache()
         record["finished_at"] = time.time()
-        jobs.write(record)
-        return record["status"]
+        return self._record_end(record)
+
+    def _record_end(self, record: dict) -> dict:
+        try:
+            self.jobs.write_lasting(record)
+        except StorageError as e:
+            log.error("job %s ended %s but the store took no record: %s", record["id"], record["status"], e)
+            return {"status": record["status"], "error": record.get("error"), "recorded": False}
+        return {"status": record["status"]}
 
 
 # --------------------------------------------------------------------------------------------- ingress
@@ -161,6 +191,23 @@ async def _invalid(request: Request, exc: RequestValidationError):
     return await _rejected(request, RequestRejected(422, "invalid_request", f"{field}: {first['msg']}", field))
 
 
+@api.exception_handler(StorageError)
+async def _store_unavailable(request: Request, exc: StorageError):
+    """The job store is down (an outage): try again later; nothing accepted is lost meanwhile."""
+    if isinstance(exc, ObjectNotFound):
+        return await _rejected(request, RequestRejected(404, "not_found", "no such object in the job store"))
+    log.warning("job store unavailable: %s", exc)
+    return await _rejected(request, RequestRejected(503, "storage_unavailable", "the job store is unavailable; retry "
+                                                    "later", headers={"Retry-After": str(RETRY_AFTER_S)}))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception):  # same shape, and no internals in the body
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": {"code": "internal_error", "message": "internal error (see the server log)",
+                                   "field": None}}, status_code=500)
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException):  # unknown routes and methods, same shape
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -180,12 +227,15 @@ class Ingress:
         self.generator = generator
         self.jobs = JobStore(open_store(self.spec.output))
         self.token = os.environ.get(TOKEN_ENV) or None
-        if self.spec.api_token_secret_ref is not None and not self.token:
-            raise RuntimeError(f"the spec names an API token Secret but {TOKEN_ENV} is not set in this replica")
-        # job id -> (its DeploymentResponse, the task following it), until the job's end is recorded
+        if self.token is None and not self.spec.allow_unauthenticated:  # open only when the spec says so
+            raise RuntimeError(f"no API token: {TOKEN_ENV} is not set in this replica (set spec.apiTokenSecretRef, "
+                               "or spec.allowUnauthenticated to serve without one)")
+        # job id -> (its DeploymentResponse, the task following it), until the generator answered
         self.inflight: dict[str, tuple[Any, asyncio.Task]] = {}
+        # job id -> (status, error): ends the store did not take yet; written once it is back
+        self.unrecorded: dict[str, tuple[str, str | None]] = {}
         self._accepting = 0  # requests past the queue check whose record is being written
-        self._recovered = False
+        self._scan_needed = True  # hand over unfinished jobs from the store: at start, and after an outage
         self._model: str | None = None  # what a generator answered it serves, once one did
         self.inflight_gauge = Gauge(SERVING["inflight"].name, SERVING["inflight"].help)
         self.rejections = Counter(SERVING["rejections"].name, SERVING["rejections"].help,
@@ -193,6 +243,15 @@ class Ingress:
         api.state.ingress = self
 
     # -- job hand-over ------------------------------------------------------------------------
+    #
+    # Every accepted job ends succeeded, failed or cancelled, whatever stops on the way:
+    # - the generator records the end itself; if the store takes no record (an outage longer than
+    #   RECORD_WITHIN_S), the ingress keeps the end in `unrecorded` and writes it once the store is back;
+    # - a job the generator could not start (the store unreadable) stays queued in the store, and so
+    #   does every job of an ingress that restarted: `_reconcile` hands them over again;
+    # - a generator call that fails (its replica died, or cancelled in the queue) is ended by the
+    #   ingress, with a reason that names no Ray internals.
+    # `_reconcile` runs on Serve's health checks (every 10 s) and before a request when a scan is due.
 
     def _dispatch(self, job_id: str) -> None:
         response = self.generator.generate.remote(job_id)
@@ -206,35 +265,52 @@ class Ingress:
         self.inflight_gauge.set(len(self.inflight))
 
     async def _follow(self, job_id: str, response) -> None:
-        """Wait for the generator; if it never recorded an end (cancelled in the queue, replica died),
-        record one, so that every accepted job ends succeeded, failed or cancelled."""
-        outcome = None
         try:
-            await response
+            outcome = await response
         except (RequestCancelledError, asyncio.CancelledError):
-            outcome = ("cancelled", None)
-        except Exception as e:
-            log.exception("job %s: generator call failed", job_id)
-            outcome = ("failed", f"generator: {e.__class__.__name__}: {e}"[:1000])
-        if outcome:
-            await asyncio.to_thread(self._end_if_open, job_id, *outcome)
+            outcome = {"status": "cancelled", "recorded": False}
+        except Exception:
+            log.exception("job %s: generator call failed", job_id)  # the details stay in the log
+            outcome = {"status": "failed", "recorded": False,
+                       "error": "the generator replica stopped before finishing this job; submit it again"}
+        if outcome["status"] == "not_started":
+            self._scan_needed = True
+        elif outcome.get("recorded") is False:
+            self.unrecorded[job_id] = (outcome["status"], outcome.get("error"))
+            await self._write_unrecorded()
 
-    def _end_if_open(self, job_id: str, status: str, error: str | None) -> None:
-        if self.jobs.read(job_id)["status"] not in TERMINAL:
-            self.jobs.update(job_id, status=status, error=error)
+    async def _write_unrecorded(self) -> bool:
+        """Write the ends the store did not take; False while it still takes none."""
+        for job_id, (status, error) in list(self.unrecorded.items()):
+            try:
+                await asyncio.to_thread(self.jobs.end_if_open, job_id, status, error)
+            except StorageError:
+                return False
+            self.unrecorded.pop(job_id, None)
+        return True
 
-    async def _recover(self) -> None:
-        """Hand over again what a previous ingress accepted and nobody finished."""
-        if self._recovered:
+    async def _reconcile(self) -> None:
+        """Write pending ends, then hand over unfinished jobs that nobody runs. Never raises."""
+        try:
+            if not await self._write_unrecorded() or not self._scan_needed:
+                return
+            self._scan_needed = False
+            records = await asyncio.to_thread(self.jobs.unfinished)
+        except StorageError as e:
+            self._scan_needed = True
+            log.warning("job store unavailable, will retry: %s", e)
             return
-        self._recovered = True
-        for record in await asyncio.to_thread(self.jobs.unfinished):
-            if record["id"] not in self.inflight:
-                log.info("resuming job %s (%s)", record["id"], record["status"])
+        except Exception:
+            self._scan_needed = True
+            log.exception("job reconciliation failed")
+            return
+        for record in records:
+            if record["id"] not in self.inflight and record["id"] not in self.unrecorded:
+                log.info("handing over job %s (%s)", record["id"], record["status"])
                 self._dispatch(record["id"])
 
     async def check_health(self) -> None:  # Serve calls this every few seconds: recovery needs no request
-        await self._recover()
+        await self._reconcile()
 
     # -- request checks -----------------------------------------------------------------------
 
@@ -284,8 +360,9 @@ class Ingress:
               responses={401: {}, 413: {}, 415: {}, 422: {}, 429: {"description": "queue full; retry later"}})
     async def create_video(self, request: Request):
         """Queue a generation; poll GET /v1/videos/{id} for its progress."""
-        await self._recover()
         self._authorize(request)
+        if self._scan_needed:
+            await self._reconcile()
         raw = await self._body(request)
         gen = check_request(parse_body(raw), self.spec.limits, self.spec.defaults,
                             seed=int.from_bytes(os.urandom(4), "little"))
@@ -299,8 +376,9 @@ class Ingress:
             await asyncio.to_thread(self.jobs.create, job_id, gen)
             self._dispatch(job_id)
         except StorageError as e:
-            raise RequestRejected(503, "storage_unavailable", f"cannot store the job: {e}",
-                                  headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            log.warning("job %s not accepted, the store is unavailable: %s", job_id, e)
+            raise RequestRejected(503, "storage_unavailable", "cannot store the job: the job store is unavailable; "
+                                  "retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         finally:
             self._accepting -= 1
         return JSONResponse({"id": job_id, "status": "queued"}, status_code=202,
@@ -345,7 +423,7 @@ class Ingress:
             dispatched = self.inflight.get(job_id)
             if dispatched is not None:
                 dispatched[0].cancel()
-            await asyncio.to_thread(self._end_if_open, job_id, "cancelled", None)
+            await asyncio.to_thread(self.jobs.end_if_open, job_id, "cancelled", None)
             record = await asyncio.to_thread(self._record, job_id)
         return JSONResponse(self._view(record, request), status_code=202)
 

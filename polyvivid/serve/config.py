@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from pathlib import Path
+
 from ..api.service import ServiceSpec
 
 IMPORT_PATH = "polyvivid.serve.app:build_app"
 APP_NAME = "polyvivid"
 TOKEN_ENV = "POLYVIVID_API_TOKEN"  # the API token: from the spec's Secret in the cluster, never in args or specs
+
+
+def local_token_file() -> Path:
+    """Where `serve --local` keeps the token it generates, and where `polyvivid request` looks for one:
+    $XDG_CONFIG_HOME/polyvivid/api-token (~/.config/...), readable by this user only."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "polyvivid" / "api-token"
+
+
+def local_token() -> str:
+    """The token in local_token_file(), made (random, 0600) the first time: the same one across restarts,
+    so clients keep working, and never printed (logs are not a place for secrets)."""
+    path = local_token_file()
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 def serve_config_args(spec: ServiceSpec, model_uri: str | None = None) -> dict:

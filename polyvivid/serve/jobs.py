@@ -9,19 +9,26 @@ Who writes the record: the ingress creates it (queued) and may mark a job it has
 cancelled; the generator writes running, progress and the final state. A cancel is a separate
 object so that the two never race on one field: the generator checks it before starting and after
 every denoising step, and ends the job as cancelled.
+
+When the store is down (polyvivid/serve/app.py has the whole story): progress writes and cancel checks
+are best effort, a job's end is retried for RECORD_WITHIN_S, and what still could not be written is
+kept by the ingress and written once the store is back, so that every accepted job ends.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
 
-from ..storage import ArtifactStore, ObjectNotFound
+from ..storage import ArtifactStore, ObjectNotFound, with_retries
 from .schema import TERMINAL, Generation, Subject
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# How long the generator keeps trying to store a job's video and final record through a store outage.
+RECORD_WITHIN_S = float(os.environ.get("POLYVIVID_JOB_RECORD_WITHIN_S", "60"))
 
 
 class JobNotFound(KeyError):
@@ -75,6 +82,18 @@ class JobStore:
             record["finished_at"] = time.time()
         self.write(record)
         return record
+
+    def end_if_open(self, job_id: str, status: str, error: str | None) -> None:
+        """Record an end unless the record has one already (or is gone)."""
+        try:
+            if self.read(job_id)["status"] not in TERMINAL:
+                self.update(job_id, status=status, error=error)
+        except JobNotFound:
+            pass
+
+    def write_lasting(self, record: dict) -> None:
+        """Write a record that must not be lost to a short outage (retried for RECORD_WITHIN_S)."""
+        with_retries(self.write, record, within_s=RECORD_WITHIN_S, what=f"write the record of job {record['id']}")
 
     def subject_images(self, record: dict) -> list[Subject]:
         return [Subject(s["name"], self.store.read_bytes(s["image"]), s["image"].rsplit(".", 1)[1])

@@ -14,7 +14,7 @@ HISTORY = 2000  # losses kept in progress.json
 
 
 class ProgressReporter:
-    def __init__(self, store: ArtifactStore, total_steps: int, metrics_port: int = 0, metrics_addr: str = "0.0.0.0",
+    def __init__(self, store: ArtifactStore, total_steps: int, metrics_port: int = 0, metrics_addr: str = "127.0.0.1",
                  enabled: bool = True):
         self.store, self.total_steps, self.enabled = store, total_steps, enabled
         self.state: dict = {"status": "starting", "total_steps": total_steps, "history": []}

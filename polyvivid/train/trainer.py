@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import signal
 import tempfile
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from ..api.training import Stage, TrainingSpec
 from ..data.loader import SubjectVideoDataset, TrainSample
 from ..storage import StorageError, open_store, with_retries
-from .checkpoint import load_latest_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, Checkpoints
 from .parallel import DistEnv, all_reduce_mean, any_rank, init_distributed, parallelize, set_gradient_sync
 from .progress import ProgressReporter
 
@@ -153,7 +152,7 @@ class _Preemption:
         self.requested = True
 
 
-def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.0.0.0") -> int:
+def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "127.0.0.1") -> int:
     env = init_distributed()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(name)s: %(message)s")
     output = output or spec.output
@@ -196,10 +195,11 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
 
     scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
     reporter = ProgressReporter(store, spec.total_steps, spec.metrics_port, metrics_addr, enabled=env.is_main)
+    checkpoints = Checkpoints(store, env, scratch, spec.keep_checkpoints)
     try:
-        resumed = load_latest_checkpoint(model, optimizer, own, env, store, scratch)
-    except StorageError as e:
-        raise TrainingError(f"cannot read the latest checkpoint: {e}") from None
+        resumed = checkpoints.load(model, optimizer, own)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
     start = resumed["step"] if resumed else 0
     reporter.restore(resumed)
     last_checkpoint = resumed.get("checkpoint") if resumed else None
@@ -213,7 +213,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
                  "data_position": step * spec.global_batch_size, "seed": spec.seed,
                  "history": reporter.state["history"], "checkpoint": f"checkpoints/step-{step:08d}"}
         try:
-            name = save_checkpoint(model, optimizer, own, state, step, env, store, scratch)
+            name = checkpoints.save(model, optimizer, own, state, step)
         except StorageError as e:
             raise TrainingError(f"checkpoint at step {step} not saved ({e}); the last good one is "
                                 f"{last_checkpoint or 'none'}") from None
@@ -296,16 +296,3 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "0.
                        evaluation=run_evaluation(spec, store, env.device))
     reporter.close()
     return 0
-
-
-def torchrun_command(spec_path: str, nproc: int, extra: list[str]) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "polyvivid.cli", "train", spec_path, *extra]
-
-
-def default_env_for_workers() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env

@@ -15,6 +15,8 @@ from polyvivid.data.synthetic import render_clip
 from polyvivid.storage import open_store
 from polyvivid.video import encode_mp4
 
+from ..sockets import ListenerWatch
+
 FPS = 8
 
 
@@ -89,8 +91,9 @@ def ray_local():
     a port chosen beforehand can be taken by one of Ray's own components while it starts)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    from polyvivid.ray_local import init_local_ray
+
+    init_local_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray.nodes()[0]["MetricsExportPort"]
     ray.shutdown()
 
@@ -167,11 +170,17 @@ def test_polyvivid_curate_command_from_and_to_s3(raw_videos, box_filling_sam2, s
                 "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
     path = tmp_path / "curation.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}  # s3_env set the S3 variables
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # s3_env set the S3 variables
     run = lambda *a: subprocess.run([sys.executable, "-m", "polyvivid.cli", "curate", *a], capture_output=True,
                                     text=True, env=env, timeout=300)
-    result = run(str(path), "--local")
+    command = [sys.executable, "-m", "polyvivid.cli", "curate", str(path), "--local"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with ListenerWatch(proc.pid) as listeners:  # every process of its local Ray, while it runs
+        stdout, stderr = proc.communicate(timeout=300)
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert {"gcs_server", "raylet"} <= listeners.processes(), listeners.processes()
+    assert listeners.not_loopback() == []
     assert "dataset: " in result.stdout and "(3 clips;" in result.stdout
     assert any(line.startswith("split") and "in     5" in line for line in result.stdout.splitlines())
     dataset = SubjectVideoDataset(f"{s3_bucket}/dataset")

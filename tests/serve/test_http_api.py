@@ -20,6 +20,7 @@ from polyvivid.storage import S3Settings, open_store
 from polyvivid.video import decode_mp4, png_bytes
 
 from ..observability.promql import queried_names
+from ..sockets import listening_sockets
 from .conftest import running_server, service_manifest, write_manifest
 
 TOKEN = "s3cr3t-token-for-tests"
@@ -122,6 +123,15 @@ def test_bad_inputs_get_4xx_json_naming_the_field_and_create_no_job(server, imag
         assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
     after = [k for k in store.list("jobs/") if k.endswith("job.json")]
     assert after == before
+
+
+def test_every_process_of_the_server_listens_on_loopback_only(server):
+    """Ray's GCS, raylet, object manager, workers, agents and Serve's proxy: nothing on another address."""
+    listeners = listening_sockets(server.proc.pid)
+    processes = {listener.process for listener in listeners}
+    assert {"gcs_server", "raylet"} <= processes, processes  # the whole tree is seen, not only the CLI
+    assert int(server.url.rsplit(":", 1)[1]) in {listener.port for listener in listeners}
+    assert [str(listener) for listener in listeners if not listener.loopback] == []
 
 
 def test_a_token_is_required_on_v1_routes(server, images):

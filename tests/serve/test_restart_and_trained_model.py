@@ -33,6 +33,11 @@ def test_records_survive_a_restart_unfinished_jobs_resume_and_a_trained_model_se
     service = write_manifest(tmp_path / "service.yaml", service_manifest(str(jobs_root)))
 
     with running_server(service) as first:  # the tiny preset's random weights
+        # No token given: the server made one, 0600, said where (not what) it is, and requires it.
+        token_file = tmp_path / "config" / "polyvivid" / "api-token"
+        assert first.token and token_file.stat().st_mode & 0o777 == 0o600
+        assert f"API token: in {token_file}" in first.log() and first.token not in first.log()
+        assert first.client("not-it").request("GET", "/v1/videos/" + "0" * 32)[0] == 401
         client = first.client()
         before = client.submit(PROMPT, images, **settings)
         assert client.wait(before["id"], poll_s=0.1, timeout_s=120)["status"] == "succeeded"
@@ -45,6 +50,7 @@ def test_records_survive_a_restart_unfinished_jobs_resume_and_a_trained_model_se
                                     guidance=6.0, **settings))
 
     with running_server(service, extra_args=("--model", str(final))) as second:
+        assert second.token == first.token  # the same token across restarts: clients keep working
         client = second.client()
         ready = client._json("GET", "/readyz")
         assert ready["model"] == str(final)

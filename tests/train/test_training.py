@@ -41,9 +41,9 @@ def test_ddp_and_fsdp2_on_two_processes_train_both_stages_into_s3(synth_dataset,
         assert stage_parts(state["history"]) == [("identity", "low"), ("identity", "full"),
                                                  ("interaction", "low"), ("interaction", "full")]
         keys = open_store(output).list()
-        assert "checkpoints/latest" in keys and "checkpoints/step-00000002/.metadata" in keys
+        assert "checkpoints/latest" in keys
+        assert {f"checkpoints/step-0000000{step}/manifest.json" for step in (2, 4)} <= set(keys)  # both complete
         assert {"final/polyvivid_weights.safetensors", "final/polyvivid_pipeline.json"} <= set(keys)
-        assert any(k.startswith("checkpoints/step-00000004/__1_") for k in keys)  # rank 1 uploaded its shard
         histories[mode] = [row[1] for row in state["history"]]
     # Same seed, same samples, same noise: the two parallelisms (with activation checkpointing) compute
     # the same losses.
@@ -88,8 +88,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(synth_dataset, tmp_
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env())
     store = open_store(output)
     wait_for(lambda: store.exists("checkpoints/latest"), 120, "the first checkpoint")
-    torchrun = wait_for(lambda: children(launcher.pid), 10, "torchrun")[0]
-    workers = wait_for(lambda: children(torchrun), 10, "workers")
+    workers = wait_for(lambda: children(launcher.pid), 10, "workers")  # the launcher starts the ranks itself
     os.kill(workers[-1], signal.SIGKILL)
     first_log = launcher.communicate(timeout=120)[0]
     assert launcher.returncode != 0
