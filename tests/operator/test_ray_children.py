@@ -24,8 +24,8 @@ def curation(**spec) -> dict:
 def service(**spec) -> dict:
     manifest = yaml.safe_load((ROOT / "manifests" / "examples" / "demo-service.yaml").read_text())
     manifest["metadata"].update(namespace="serving", uid="s-1")
-    if "apiTokenSecretRef" in spec:  # the demo runs open; a token replaces that
-        manifest["spec"].pop("allowUnauthenticated")
+    if "allowUnauthenticated" in spec:  # the demo has a token Secret; running open replaces it
+        manifest["spec"].pop("apiTokenSecretRef")
     manifest["spec"].update(copy.deepcopy(spec))
     return manifest
 
@@ -66,6 +66,7 @@ def test_rayjob_validates_upstream_and_runs_curate_on_gpu_workers_it_shuts_down(
     env = {e["name"]: e for e in head_container["env"]}
     assert env["HF_HUB_OFFLINE"]["value"] == "1" and "valueFrom" in env["AWS_SECRET_ACCESS_KEY"]
     assert rayjob.render_configmap(curation())["metadata"]["name"] == "raw-curate-spec"
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}  # Ray's own token auth, by KubeRay
 
 
 def test_rayjob_without_workers_lets_the_head_work():
@@ -88,6 +89,7 @@ def test_rayservice_validates_upstream_serves_the_resolved_weights_and_autoscale
     assert app["args"]["model_version"] == "2026-11-24T10:00:00Z"
     assert ServiceSpec.model_validate(app["args"]["spec"]).replicas.max == 6  # the app reads the spec back
     cluster = obj["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
     (group,) = cluster["workerGroupSpecs"]
     # two 1-GPU replicas per 2-GPU pod: 1..6 replicas need 1..3 pods
     assert (group["minReplicas"], group["maxReplicas"]) == (1, 3) and cluster["enableInTreeAutoscaling"] is True

@@ -42,6 +42,10 @@ def ray_cluster_spec(*, image: str, env: list[dict], worker: WorkerShape, schedu
                         "resources": {"requests": requests, "limits": limits}, "securityContext": security_context()}
     spec: dict[str, Any] = {
         "rayVersion": RAY_VERSION,
+        # Ray's token auth (KubeRay >= 1.5.1, Ray >= 2.52): KubeRay makes a random token Secret and sets
+        # RAY_AUTH_MODE/RAY_AUTH_TOKEN in every Ray container, so that the GCS, raylets, dashboard and job API,
+        # which other pods in the cluster can reach, need the token
+        "authOptions": {"mode": "token"},
         # the dashboard takes job submissions; num-cpus 0 keeps actors and replicas off the head
         "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0",
                                              **({} if head_runs_work else {"num-cpus": "0"})},
