@@ -7,9 +7,12 @@ the commands that need them, so `polyvivid --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+
+from .api.common import MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS
 
 EXIT_USAGE = 2
 
@@ -21,6 +24,45 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         raise UsageError(message)
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer within [low, high] (the documented bounds), else a one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+    return parse
+
+
+def number_in(low: float, high: float):
+    """An argparse type: a finite number within [low, high] (NaN and infinity refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+    return parse
+
+
+PORT = int_in(1, 65535)
+
+
+def output_uri(text: str) -> str:
+    """An argparse type: where to write, without '..' segments (an S3 key would take them literally, a
+    path would leave the directory it names)."""
+    from .storage import has_dot_segments
+
+    if has_dot_segments(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: '..' is not allowed in an output; give the path without it")
+    return text
 
 
 def _subject(value: str) -> tuple[str, str]:
@@ -71,21 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "run's final/ with PolyVivid weights)")
     source.add_argument("--preset", default=None, choices=["tiny", "hunyuan-13b"],
                         help="random weights in a preset's shapes (default: tiny when --model is not given)")
-    gen.add_argument("--num-frames", type=int, default=9, help="frames, of the form 4k+1 (default 9)")
-    gen.add_argument("--height", type=int, default=64, help="pixels, a multiple of 16 (default 64)")
-    gen.add_argument("--width", type=int, default=64, help="pixels, a multiple of 16 (default 64)")
-    gen.add_argument("--steps", type=int, default=4, help="denoising steps (default 4; the paper's 50 for quality)")
-    gen.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale (default 6.0)")
-    gen.add_argument("--true-cfg", type=float, default=1.0,
+    gen.add_argument("--num-frames", type=int_in(1, MAX_FRAMES), default=9, help=f"frames, of the form 4k+1, at most {MAX_FRAMES} (default 9)")
+    gen.add_argument("--height", type=int_in(16, MAX_SIDE), default=64, help=f"pixels, a multiple of 16, at most {MAX_SIDE} (default 64)")
+    gen.add_argument("--width", type=int_in(16, MAX_SIDE), default=64, help=f"pixels, a multiple of 16, at most {MAX_SIDE} (default 64)")
+    gen.add_argument("--steps", type=int_in(1, MAX_STEPS), default=4,
+                     help=f"denoising steps, 1..{MAX_STEPS} (default 4; the paper's 50 for quality)")
+    gen.add_argument("--guidance", type=number_in(0, MAX_GUIDANCE), default=6.0,
+                     help=f"embedded guidance scale, 0..{MAX_GUIDANCE:g} (default 6.0)")
+    gen.add_argument("--true-cfg", type=number_in(1, MAX_GUIDANCE), default=1.0,
                      help="classifier-free guidance scale against --negative-prompt; >1 doubles the cost")
     gen.add_argument("--negative-prompt", default="", help="used only with --true-cfg > 1")
-    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    gen.add_argument("--fps", type=int, default=24, help="frames per second of the mp4 (default 24)")
+    gen.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="random seed, 0..2**63-1 (default 0)")
+    gen.add_argument("--fps", type=int_in(1, 240), default=24, help="frames per second of the mp4, 1..240 (default 24)")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                      help="model precision (default: bfloat16 on cuda, float32 on cpu)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory at high resolution")
-    gen.add_argument("--output", required=True, help="the mp4 to write: a path or s3:// URI")
+    gen.add_argument("--output", type=output_uri, required=True, help="the mp4 to write: a path or s3:// URI")
     gen.set_defaults(run=cmd_generate)
 
     train = sub.add_parser(
@@ -98,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("spec", help="PolyVividTraining YAML")
     train.add_argument("--local", action="store_true", help="launch torchrun here with --nproc processes")
-    train.add_argument("--nproc", type=int, default=1, help="processes for --local (default 1)")
-    train.add_argument("--output", help="where artifacts go (file:// path or s3://), overriding spec.output")
+    train.add_argument("--nproc", type=int_in(1, 64), default=1, help="processes for --local, 1..64 (default 1)")
+    train.add_argument("--output", type=output_uri, help="where artifacts go (file:// path or s3://), overriding spec.output")
     train.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
     train.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
     train.add_argument("--metrics-addr", default="127.0.0.1",
                        help="address of rank 0's Prometheus endpoint (default 127.0.0.1; in a pod, 0.0.0.0 so that "
                             "Prometheus can scrape it: the operator passes that)")
-    train.add_argument("--metrics-port", type=int, help="port of rank 0's Prometheus endpoint (0: off)")
+    train.add_argument("--metrics-port", type=int_in(0, 65535), help="port of rank 0's Prometheus endpoint (0: off)")
     train.set_defaults(run=cmd_train)
 
     curate = sub.add_parser(
@@ -118,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("spec", help="CurationJob YAML")
     curate.add_argument("--local", action="store_true", help="start Ray on this machine (default: spec.rayAddress or the cluster)")
     curate.add_argument("--input", help="video URI prefix, overriding spec.input")
-    curate.add_argument("--output", help="dataset URI, overriding spec.output")
+    curate.add_argument("--output", type=output_uri, help="dataset URI, overriding spec.output")
     curate.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
     _add_ray_auth_flag(curate)
     curate.set_defaults(run=cmd_curate)
@@ -129,10 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "and a reference image per subject, in the training dataset format (manifest.jsonl).",
     )
     synth.add_argument("--out", required=True, help="dataset URI: a path, file:// or s3://")
-    synth.add_argument("--videos", type=int, default=32, help="number of clips (default 32)")
-    synth.add_argument("--size", type=int, default=96, help="clip side in pixels (default 96)")
-    synth.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--videos", type=int_in(1, 100_000), default=32, help="number of clips, 1..100000 (default 32)")
+    synth.add_argument("--size", type=int_in(16, 1024), default=96, help="clip side in pixels, 16..1024 (default 96)")
+    synth.add_argument("--frames", type=int_in(1, MAX_FRAMES), default=17,
+                       help=f"frames per clip, 1..{MAX_FRAMES} (default 17)")
+    synth.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="random seed (default 0)")
     synth.set_defaults(run=cmd_synth_data)
 
     srv = sub.add_parser(
@@ -151,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode = srv.add_mutually_exclusive_group(required=True)
     mode.add_argument("--local", action="store_true", help="start Ray + Serve here, on 127.0.0.1")
     mode.add_argument("--print-config", action="store_true", help="print the Serve config (serveConfigV2) as YAML")
-    srv.add_argument("--port", type=int, default=8000, help="HTTP port for --local (default 8000)")
+    srv.add_argument("--port", type=PORT, default=8000, help="HTTP port for --local (default 8000)")
     srv.add_argument("--model", metavar="DIR_OR_URI",
                      help="weights to serve, overriding spec.model (e.g. a training run's final/)")
-    srv.add_argument("--output", help="where job records and videos go, overriding spec.output")
+    srv.add_argument("--output", type=output_uri, help="where job records and videos go, overriding spec.output")
     srv.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
     srv.add_argument("--insecure-no-auth", action="store_true",
                      help="serve /v1 with no token: anyone who reaches the port can submit, read and cancel jobs")
@@ -171,17 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     req.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
     _add_prompt_and_subjects(req)
-    for flag, kind, what in (("--num-frames", int, "frames, 4k+1"), ("--height", int, "pixels"),
-                             ("--width", int, "pixels"), ("--steps", int, "denoising steps"),
-                             ("--guidance", float, "guidance scale"), ("--seed", int, "random seed")):
+    for flag, kind, what in (("--num-frames", int_in(1, MAX_FRAMES), "frames, 4k+1"),
+                             ("--height", int_in(16, MAX_SIDE), "pixels"), ("--width", int_in(16, MAX_SIDE), "pixels"),
+                             ("--steps", int_in(1, MAX_STEPS), "denoising steps"),
+                             ("--guidance", number_in(0, MAX_GUIDANCE), "guidance scale"),
+                             ("--seed", int_in(0, MAX_SEED), "random seed")):
         req.add_argument(flag, type=kind, help=f"{what} (default: the service's)")
-    req.add_argument("--output", required=True, help="the mp4 to write")
+    req.add_argument("--output", type=output_uri, required=True, help="the mp4 to write")
     req.add_argument("--token-env", default="POLYVIVID_API_TOKEN",
                      help="environment variable holding the token (default POLYVIVID_API_TOKEN; when unset, the "
                           "token `serve --local` generated, in ~/.config/polyvivid/api-token)")
-    req.add_argument("--wait-ready", type=float, default=0, metavar="SECONDS",
+    req.add_argument("--wait-ready", type=number_in(0, 86400), default=0, metavar="SECONDS",
                      help="first wait up to SECONDS for the server to be ready (default 0: don't wait)")
-    req.add_argument("--timeout", type=float, default=3600, help="give up after SECONDS (default 3600)")
+    req.add_argument("--timeout", type=number_in(1, 7 * 86400), default=3600, help="give up after SECONDS (default 3600)")
     req.set_defaults(run=cmd_request)
 
     crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models",
@@ -199,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("files", nargs="+", metavar="FILE", help="manifest YAML (several documents allowed)")
     render.add_argument("--image", default=None, help="workload image (default: the operator's default image)")
     render.add_argument("--namespace", "-n", default="default", help="namespace of documents that name none")
-    render.add_argument("--max-gpus-per-node", type=int, default=8, help="the largest node's GPUs (default 8)")
+    render.add_argument("--max-gpus-per-node", type=int_in(0, 16), default=8, help="the largest node's GPUs (default 8)")
     render.set_defaults(run=cmd_render)
 
     ev = sub.add_parser(
@@ -218,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", help="the table row's name (default: the videos' directory name)")
     ev.add_argument("--compare", action="append", default=[], metavar="REPORT.json",
                     help="add an earlier report as a row of the table (repeatable)")
-    ev.add_argument("--max-frames", type=int, default=None, metavar="N",
+    ev.add_argument("--max-frames", type=int_in(2, 100_000), default=None, metavar="N",
                     help="score N evenly spaced frames per video (default: all)")
     ev.add_argument("--real-videos", metavar="URI", help="real videos (*.mp4) for FVD (default: each case's "
                                                          "reference_video)")
@@ -226,11 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "into --videos)")
     gen.add_argument("--model", metavar="URI", help="PolyVivid weights or checkpoint (path, s3:// URI) or a preset")
     gen.add_argument("--base-model", metavar="URI", help="where the weights' base model lives now (hunyuanvideo/, llava/)")
-    gen.add_argument("--num-frames", type=int, default=33, help="frames per video, 4k+1 (default 33)")
-    gen.add_argument("--height", type=int, default=256, help="default 256")
-    gen.add_argument("--width", type=int, default=256, help="default 256")
-    gen.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    gen.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale (default 6.0)")
+    gen.add_argument("--num-frames", type=int_in(1, MAX_FRAMES), default=33, help="frames per video, 4k+1 (default 33)")
+    gen.add_argument("--height", type=int_in(16, MAX_SIDE), default=256, help="default 256")
+    gen.add_argument("--width", type=int_in(16, MAX_SIDE), default=256, help="default 256")
+    gen.add_argument("--steps", type=int_in(1, MAX_STEPS), default=30, help="denoising steps (default 30)")
+    gen.add_argument("--guidance", type=number_in(0, MAX_GUIDANCE), default=6.0, help="embedded guidance scale (default 6.0)")
     models = ev.add_argument_group("models (directories in Hugging Face layout, or TorchScript / .pt2 files)")
     models.add_argument("--clip-b", metavar="DIR", help="CLIP ViT-B: CLIP-B, temporal consistency")
     models.add_argument("--clip-l", metavar="DIR", help="CLIP ViT-L: CLIP-L")
@@ -253,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--drawn", action="store_true",
                         help="draw sample subjects (man, tiger, dog, guitar) beside OUT and use them")
     cases.add_argument("--out", required=True, metavar="CASES.jsonl", help="where to write the cases")
-    cases.add_argument("--count", type=int, default=100, help="how many cases (default 100)")
-    cases.add_argument("--seed", type=int, default=0, help="which pairs and prompts (default 0)")
+    cases.add_argument("--count", type=int_in(1, 100_000), default=100, help="how many cases (default 100)")
+    cases.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="which pairs and prompts (default 0)")
     cases.set_defaults(run=cmd_eval_cases)
 
     samples = sub.add_parser("sample-subjects", help="write drawn sample subject images (for the demo)",
@@ -265,16 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_subject_images(subjects: list[tuple[str, str]]):
-    from PIL import Image, UnidentifiedImageError
+    from .images import ImageRejected, read_image
 
     loaded = []
     for word, path in subjects:
         try:
-            with Image.open(_existing_subject_file(word, path)) as img:
-                img.load()
-                loaded.append((word, img.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UsageError(f"subject {word!r}: cannot read image {path}: {e.__class__.__name__}") from None
+            loaded.append((word, read_image(_existing_subject_file(word, path))[0]))
+        except ImageRejected as e:
+            raise UsageError(f"subject {word!r}: {path}: {e}") from None
     return loaded
 
 
@@ -291,8 +336,6 @@ def cmd_generate(args) -> int:
         validate_request(args.prompt, words, args.num_frames, args.height, args.width, max_subjects)
     except InvalidRequest as e:
         raise UsageError(str(e)) from None
-    if args.steps < 1:
-        raise UsageError("steps: must be at least 1")
     subjects = _load_subject_images(args.subject)
 
     import torch
@@ -305,7 +348,7 @@ def cmd_generate(args) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
     try:
         pipe = PolyVividPipeline.from_preset(preset) if preset else load_pipeline(args.model, torch_dtype=dtype)
-    except (FileNotFoundError, StorageError, ValueError) as e:
+    except (OSError, StorageError, ValueError) as e:  # missing, unreachable, damaged (DamagedModel)
         raise UsageError(f"model: {e}") from None
     pipe.to(device=device)
     if dtype != torch.float32:
@@ -345,6 +388,10 @@ def _load_spec(args, kind, **updates):
     if args.store:
         updates["storage"] = spec.storage.model_copy(update={"endpoint": args.store})
     spec = spec.model_copy(update=updates)
+    try:
+        output_uri(spec.output)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{args.spec}: spec.output: {e}") from None
     os.environ.update(spec.storage.environment())
     return spec
 
@@ -364,7 +411,7 @@ def _load_training(args):
 
 
 def cmd_train(args) -> int:
-    if args.nproc < 1 or (args.nproc > 1 and not args.local):
+    if args.nproc > 1 and not args.local:
         raise UsageError("--nproc N needs --local (under torchrun, torchrun sets the processes)")
     spec = _load_training(args)
     if args.local and args.nproc > 1:
@@ -415,8 +462,6 @@ def cmd_synth_data(args) -> int:
     from .data.synthetic import write_synthetic_dataset
     from .storage import StorageError, open_store
 
-    if args.videos < 1 or args.size < 16 or args.frames < 1:
-        raise UsageError("--videos and --frames must be >= 1, --size >= 16")
     from tqdm import tqdm
 
     try:
@@ -450,8 +495,6 @@ def cmd_serve(args) -> int:
 
         print(yaml.safe_dump(serve_config_v2(spec, args.model), sort_keys=False), end="")
         return 0
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port: {args.port} is not a port")
     spec = _local_api_auth(args, spec)
     from .ray_local import RayAuthOff
     from .serve.local import serve_local
@@ -546,14 +589,15 @@ def cmd_render(args) -> int:
     from polyvivid_operator.render import render
     from polyvivid_operator.validation import InvalidSpec
 
+    from .api import SpecError
+    from .api.common import read_manifest_documents
+
     docs = []
     for name in args.files:
         try:
-            docs += [d for d in yaml.safe_load_all(Path(name).read_text()) if isinstance(d, dict)]
-        except FileNotFoundError:
-            raise UsageError(f"{name}: no such file") from None
-        except yaml.YAMLError as e:
-            raise UsageError(f"{name}: not valid YAML: {str(e).splitlines()[0]}") from None
+            docs += [d for d in read_manifest_documents(name) if isinstance(d, dict)]
+        except SpecError as e:
+            raise UsageError(f"{name}: {e}") from None
     try:
         children = render(docs, args.image or DEFAULT_IMAGE, args.max_gpus_per_node, args.namespace)
     except InvalidSpec as e:
@@ -586,8 +630,6 @@ def cmd_eval(args) -> int:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise UsageError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
-    if args.max_frames is not None and args.max_frames < 2:
-        raise UsageError("--max-frames: at least 2")
     models = EvalModels(clip_b=args.clip_b, clip_l=args.clip_l, dinov2=args.dinov2, grounding=args.grounding,
                         sam2=args.sam2, face_detector=args.face_detector, face_embedder=args.face_embedder,
                         i3d=args.i3d, preset=args.preset)
@@ -633,7 +675,7 @@ def _generate_eval_videos(args, cases) -> None:
 
     try:
         pipe = load_generator(args.model, base=args.base_model)
-    except (FileNotFoundError, OSError, StorageError) as e:
+    except (FileNotFoundError, OSError, StorageError, ValueError) as e:
         known = f" (or a preset: {', '.join(PRESETS)})" if "://" not in args.model else ""
         raise UsageError(f"--model: {e}{known}") from None
     settings = GenerationSettings(num_frames=args.num_frames, height=args.height, width=args.width, steps=args.steps,
@@ -648,8 +690,6 @@ def _generate_eval_videos(args, cases) -> None:
 def cmd_eval_cases(args) -> int:
     from .eval.cases import InvalidCases, build_cases, subject_library, write_cases
 
-    if args.count < 1:
-        raise UsageError("--count: at least 1")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.drawn:

@@ -72,6 +72,12 @@ class S3Settings:
         )
 
 
+def has_dot_segments(path: str) -> bool:
+    """Whether a key, path or URI has a '..' segment: it would address something outside where it is
+    meant to stay (S3 keys are literal, so there it addresses a surprising key instead)."""
+    return ".." in urlparse(path).path.replace("\\", "/").split("/")
+
+
 class ArtifactStore:
     """Keys are '/'-separated paths relative to the store's root URI."""
 
@@ -234,6 +240,8 @@ class S3Store(ArtifactStore):
             self.client.make_bucket(self.bucket)
 
     def _key(self, key: str) -> str:
+        if has_dot_segments(key):  # keys come from manifests and URLs too: never step out of the prefix
+            raise StorageError(f"key {key!r} has a '..' segment: it would leave {self.root_uri}")
         return f"{self.prefix}/{key.lstrip('/')}" if self.prefix else key.lstrip("/")
 
     def _call(self, what: str, key: str, fn, *args, **kwargs):
@@ -340,6 +348,8 @@ def open_store(uri: str, settings: S3Settings | None = None, create_bucket: bool
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StorageError(f"bad S3 URI {uri!r}: expected s3://bucket/prefix")
+        if has_dot_segments(uri):
+            raise StorageError(f"bad S3 URI {uri!r}: '..' segments are not allowed")
         return S3Store(parsed.netloc, parsed.path, settings, create_bucket=create_bucket)
     if parsed.scheme == "file":
         return LocalStore(parsed.path)

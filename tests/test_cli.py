@@ -71,7 +71,7 @@ def test_generate_writes_to_s3(images, s3_env, s3_bucket, tmp_path):
     (dict(width="72"), "width: must be a positive multiple of 16"),
     (dict(subject="man"), "expected WORD=IMAGE"),
     (dict(subject="a={images}/man.png", many=True), "at most 4"),
-    (dict(subject="man={bad}"), "cannot read image"),
+    (dict(subject="man={bad}"), "bad.png: not a readable PNG or JPEG image"),
     (dict(model="/no/such/model"), "model: no such directory"),
 ])
 def test_bad_input_exits_2_with_one_line(images, tmp_path, change, expected):

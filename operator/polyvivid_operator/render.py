@@ -31,6 +31,8 @@ def render(docs: list[dict], image: str, max_gpus_per_node: int = 8, namespace: 
         kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
         if kind not in CHECKS:
             continue
+        if not isinstance(doc.get("metadata"), dict):
+            raise InvalidSpec(f"{kind}: metadata: a mapping with the resource's name is required")
         owner = {**doc, "metadata": {**doc["metadata"], "namespace": doc["metadata"].get("namespace") or namespace,
                                      "uid": PLACEHOLDER_UID}}
         try:

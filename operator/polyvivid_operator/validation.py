@@ -25,10 +25,10 @@ class InvalidSpec(Exception):
 
 def validated(model, body: dict):
     """The resource's spec as its pydantic model; rules the CRD schema cannot say fail here."""
-    try:
-        return model.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}).spec
+    try:  # the whole body: a missing metadata or an unknown top-level key is an error, not ignored
+        return model.model_validate(body).spec
     except ValidationError as e:
-        raise InvalidSpec(format_validation_error(e, "spec")) from None
+        raise InvalidSpec(format_validation_error(e)) from None
 
 
 def require_s3_uri(field: str, uri: str) -> None:

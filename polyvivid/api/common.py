@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +13,16 @@ from pydantic.alias_generators import to_camel
 GROUP = "polyvivid.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+# The largest generation a request may ask for, wherever it comes from (CLI, HTTP, a service's limits):
+# refused before any model loads. 257 frames and 2048 px are twice HunyuanVideo's 129 frames and 720p
+# width; past them a request is a mistake or an attack, not a video.
+MAX_FRAMES = 257
+MAX_SIDE = 2048
+MAX_STEPS = 1000
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 class SpecError(ValueError):
@@ -101,18 +112,73 @@ def format_validation_error(error: ValidationError, root: str = "") -> str:
     return "; ".join(f"{field_path(item['loc'], root) or '(document)'}: {item['msg']}" for item in error.errors())
 
 
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MANIFEST_NODES = 100_000  # YAML nodes with every alias expanded (a real manifest has hundreds)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document whose aliases would expand past MAX_MANIFEST_NODES (the
+    "billion laughs"): measured on the composed node graph, before anything is built."""
+
+    def construct_document(self, node):
+        if _expanded_size(node, {}) > MAX_MANIFEST_NODES:
+            raise SpecError(f"the YAML expands to more than {MAX_MANIFEST_NODES} nodes through its aliases "
+                            "(&anchor / *alias); write the manifest out instead")
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes under `node`, counting an aliased node each time it is used (memoized: linear in the graph)."""
+    key = id(node)
+    if key not in sizes:
+        sizes[key] = 1  # a recursive alias counts once
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        sizes[key] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[key]
+
+
+def read_manifest_documents(path: str | Path) -> list[Any]:
+    """The YAML documents of a manifest file, read safely: a regular file of at most 1 MiB (not a
+    directory or a device), UTF-8, aliases bounded. SpecError says what is wrong in one line (the caller
+    names the file)."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise SpecError("no such file") from None
+    except OSError as e:
+        raise SpecError(f"cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SpecError("is a directory; give a manifest file")
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError("not a regular file (a device, pipe or socket); give a manifest file")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise SpecError(f"cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise SpecError(f"larger than {MAX_MANIFEST_BYTES} bytes; a manifest is much smaller")
+    try:
+        return [doc for doc in yaml.load_all(raw.decode("utf-8"), Loader=_BoundedLoader) if doc is not None]
+    except UnicodeDecodeError:
+        raise SpecError("not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise SpecError("the YAML is nested too deeply") from None
+
+
 def load_resource(source: str | Path | dict[str, Any], model: type[BaseModel]) -> Any:
     """Validate a manifest (a YAML file path or a parsed dict) against a resource model."""
     if isinstance(source, dict):
         data = source
     else:
-        path = Path(source)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"{path}: no such file") from None
-        except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        documents = read_manifest_documents(source)
+        if len(documents) != 1:
+            raise SpecError(f"{len(documents)} YAML documents; give the one {model.__name__} manifest")
+        data = documents[0]
     if not isinstance(data, dict):
         raise SpecError("the manifest must be a YAML mapping")
     try:

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec, WorkerShape
+from .common import (API_VERSION, MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, ApiModel, ObjectMeta,
+                     SchedulingSpec, StorageSpec, WorkerShape)
 
 
 class ServedModel(ApiModel):
@@ -40,10 +41,10 @@ class Replicas(ApiModel):
 
 class Limits(ApiModel):
     max_subjects: int = Field(4, ge=1, le=8)
-    max_frames: int = Field(129, ge=1)
-    max_height: int = Field(720, ge=16, multiple_of=16)
-    max_width: int = Field(1280, ge=16, multiple_of=16)
-    max_steps: int = Field(50, ge=1)
+    max_frames: int = Field(129, ge=1, le=MAX_FRAMES)
+    max_height: int = Field(720, ge=16, le=MAX_SIDE, multiple_of=16)
+    max_width: int = Field(1280, ge=16, le=MAX_SIDE, multiple_of=16)
+    max_steps: int = Field(50, ge=1, le=MAX_STEPS)
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted request body")
     queue_length: int = Field(64, ge=1, description="accepted jobs not yet finished; beyond it: 429")
 
@@ -55,12 +56,12 @@ class Limits(ApiModel):
 
 
 class GenerationDefaults(ApiModel):
-    num_frames: int = Field(129, ge=1)
-    height: int = Field(544, ge=16, multiple_of=16)
-    width: int = Field(960, ge=16, multiple_of=16)
-    steps: int = Field(50, ge=1)
-    guidance: float = Field(6.0, ge=0)
-    seed: int | None = None
+    num_frames: int = Field(129, ge=1, le=MAX_FRAMES)
+    height: int = Field(544, ge=16, le=MAX_SIDE, multiple_of=16)
+    width: int = Field(960, ge=16, le=MAX_SIDE, multiple_of=16)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    guidance: float = Field(6.0, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
 class TokenSecretRef(ApiModel):

@@ -14,25 +14,36 @@ optional. fps/num_frames/width/height describe the clip and are informational.
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..storage import ArtifactStore
+from ..storage import ArtifactStore, has_dot_segments
 
 MANIFEST = "manifest.jsonl"
+
+
+def _inside_dataset(path: str | None) -> str | None:
+    """A dataset path is relative to the dataset root and stays inside it."""
+    if path is not None and (path.startswith(("/", "\\")) or "://" in path or has_dot_segments(path)):
+        raise ValueError(f"{path!r} must be a path inside the dataset (relative, no '..')")
+    return path
+
+
+InsidePath = Annotated[str, Field(min_length=1), AfterValidator(_inside_dataset)]
 
 
 class SubjectRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     word: str = Field(min_length=1)
-    image: str = Field(min_length=1)
-    mask: str | None = None
+    image: InsidePath
+    mask: Annotated[str | None, AfterValidator(_inside_dataset)] = None
 
 
 class SampleRecord(BaseModel):
     model_config = ConfigDict(extra="allow")  # curation may add scores and provenance
     id: str = Field(min_length=1)
-    video: str = Field(min_length=1)
+    video: InsidePath
     caption: str = Field(min_length=1)
     subjects: list[SubjectRecord] = Field(min_length=1)
     fps: float | None = None

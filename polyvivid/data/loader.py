@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..images import ImageRejected, read_image
 from ..storage import ArtifactStore, StorageError, open_store
 from .dataset import SampleRecord, read_manifest
 
@@ -83,7 +84,8 @@ class SubjectVideoDataset:
             log.warning("manifest line %d skipped: %s", line, reason)
         if not self.samples:
             raise SampleError(f"{uri}: the manifest has no valid samples")
-        self.skipped: Counter[str] = Counter()
+        # counted with the samples that fail to load (progress.json's samples_skipped)
+        self.skipped: Counter[str] = Counter({"invalid manifest line": len(rejected)} if rejected else {})
         self._bad: set[int] = set()
         self._orders: dict[int, torch.Tensor] = {}
 
@@ -103,12 +105,11 @@ class SubjectVideoDataset:
             clip = decode_frames(self.store.read_bytes(record.video))
             subjects = []
             for subject in record.subjects:
-                with Image.open(io.BytesIO(self.store.read_bytes(subject.image))) as img:
-                    subjects.append((subject.word, img.convert("RGB")))
+                subjects.append((subject.word, read_image(self.store.read_bytes(subject.image))[0]))
         except StorageError as e:
             raise SampleError(str(e)) from None
-        except OSError as e:  # PIL: not an image
-            raise SampleError(f"unreadable subject image ({type(e).__name__})") from None
+        except ImageRejected as e:
+            raise SampleError(f"unreadable subject image: {e}") from None
         chosen = pick_frames(len(clip), frames, generator)
         video = torch.from_numpy(clip[chosen]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         video = resize_crop(video, height, width).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()

@@ -12,7 +12,6 @@ pairs from a directory of subject images, one folder per kind.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -75,10 +74,14 @@ class EvalCase:
 
 
 def load_image(uri: str) -> Image.Image:
+    from ..images import ImageRejected, read_image
     from ..storage import open_store, split_uri
 
     directory, name = split_uri(uri)
-    return Image.open(io.BytesIO(open_store(directory).read_bytes(name))).convert("RGB")
+    try:
+        return read_image(open_store(directory).read_bytes(name))[0]
+    except ImageRejected as e:
+        raise InvalidCases(f"{uri}: {e}") from None
 
 
 def read_cases(uri: str) -> list[EvalCase]:

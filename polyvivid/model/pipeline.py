@@ -278,13 +278,28 @@ def write_polyvivid_card(directory: str | Path, base: dict[str, Any], transforme
     return path
 
 
+class DamagedModel(ValueError):
+    """Weights or a card that cannot be read as stored (truncated, corrupt, or not what it says)."""
+
+
 def load_pipeline(ref: str, torch_dtype: torch.dtype = torch.float32, base: str | None = None) -> PolyVividPipeline:
     """A pipeline from a preset name, or a directory / s3:// URI holding either a whole checkpoint
     (model_index.json) or PolyVivid weights with their card (polyvivid_pipeline.json).
 
     base: where the card's base model lives now (a directory or URI with hunyuanvideo/ and llava/),
     for weights trained on a base that has since moved (e.g. a cluster's own copy).
+    DamagedModel when a file is there but unreadable.
     """
+    from safetensors import SafetensorError
+
+    try:
+        return _load_pipeline(ref, torch_dtype, base)
+    except (SafetensorError, json.JSONDecodeError, KeyError) as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise DamagedModel(f"{ref}: damaged or unreadable model files ({e.__class__.__name__}: {detail})") from None
+
+
+def _load_pipeline(ref: str, torch_dtype: torch.dtype, base: str | None) -> PolyVividPipeline:
     from ..storage import materialize_dir
     from .presets import PRESETS
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from ..api.common import MAX_FRAMES, MAX_SIDE
+
 
 class InvalidRequest(ValueError):
     """A generation request that cannot be run as given; `field` names the argument at fault."""
@@ -34,6 +36,11 @@ def validate_request(prompt: str, words: list[str], num_frames: int, height: int
             raise InvalidRequest(f"subject {word!r} does not appear in the prompt", f"subjects[{i}].name")
     if num_frames < 1 or (num_frames - 1) % 4:
         raise InvalidRequest(f"num_frames: must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}", "num_frames")
+    if num_frames > MAX_FRAMES:
+        raise InvalidRequest(f"num_frames: at most {MAX_FRAMES}, got {num_frames}", "num_frames")
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % spatial_multiple:
             raise InvalidRequest(f"{name}: must be a positive multiple of {spatial_multiple}, got {value}", name)
+        if value > MAX_SIDE:
+            raise InvalidRequest(f"{name}: at most {MAX_SIDE}, got {value}", name)
+

@@ -26,18 +26,20 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
-from ..api.common import field_path
-from ..api.service import ServiceSpec
+from ..api.common import MAX_GUIDANCE, field_path
+from ..api.service import Limits, ServiceSpec
 from ..storage import ObjectNotFound, S3Store, StorageError, open_store, with_retries
 from ..telemetry import SERVING
 from .config import TOKEN_ENV
 from .jobs import RECORD_WITHIN_S, JobNotFound, JobStore
-from .schema import TERMINAL, JobAccepted, JobView, RequestRejected, VideoRequest, check_request, parse_body
+from .schema import (TERMINAL, JobAccepted, JobView, RequestRejected, VideoRequest, check_request, error_responses,
+                     parse_body)
 
 log = logging.getLogger("polyvivid.serve")
 
@@ -173,14 +175,53 @@ api = FastAPI(
     description="Multi-subject video customization: POST a prompt and subject images, poll the job, "
                 "download the mp4. Every subject name must appear in the prompt.",
     version="v1",
+    openapi_url=None, docs_url=None, redoc_url=None,  # served by the Ingress, which knows its limits and token
 )
+
+
+def openapi_document(routes, limits: Limits, bearer: bool) -> dict:
+    """The OpenAPI document: FastAPI's, plus the request body's schema (the route reads the raw body itself,
+    to count its bytes, so FastAPI does not see the model) under components, where its $refs point, with
+    the service's limits as the bounds of its fields, and the bearer token when /v1 takes one."""
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(title=api.title, version=api.version, description=api.description, routes=routes)
+    body = VideoRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    fields = body["properties"]
+    fields["subjects"]["maxItems"] = limits.max_subjects
+    for name, low, high in (("num_frames", 1, limits.max_frames), ("height", 16, limits.max_height),
+                            ("width", 16, limits.max_width), ("steps", 1, limits.max_steps),
+                            ("guidance", 0, MAX_GUIDANCE)):
+        fields[name]["anyOf"][0].update(minimum=low, maximum=high)
+    for name in ("height", "width"):
+        fields[name]["anyOf"][0]["multipleOf"] = 16
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update({**body.pop("$defs", {}), "VideoRequest": body})
+    if bearer:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in document["paths"].items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+    return document
+
+
+_rejections = None  # the counter of refused requests, made in the ingress replica on first use
+
+
+def _count_rejection(code: str) -> None:
+    global _rejections
+    if _rejections is None:
+        from ray.serve.metrics import Counter
+
+        _rejections = Counter(SERVING["rejections"].name, SERVING["rejections"].help,
+                              tag_keys=SERVING["rejections"].labels)
+    _rejections.inc(tags={"reason": code})
 
 
 @api.exception_handler(RequestRejected)
 async def _rejected(request: Request, exc: RequestRejected):
-    ingress = getattr(request.app.state, "ingress", None)
-    if ingress is not None:
-        ingress.rejections.inc(tags={"reason": exc.code})
+    _count_rejection(exc.code)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
@@ -211,8 +252,14 @@ async def _internal_error(request: Request, exc: Exception):  # same shape, and 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException):  # unknown routes and methods, same shape
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:  # every method of the path (Starlette names the first matching route's only)
+        path = request.url.path
+        methods = {m for r in request.app.routes if isinstance(r, APIRoute) and r.path_regex.match(path)
+                   for m in r.methods}
+        headers["Allow"] = ", ".join(sorted(methods))
     return JSONResponse({"error": {"code": code, "message": str(exc.detail), "field": None}},
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+                        status_code=exc.status_code, headers=headers)
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -221,7 +268,7 @@ class Ingress:
     """Checks requests, writes job records, hands jobs to the generator, answers for any job."""
 
     def __init__(self, generator: DeploymentHandle, args: dict):
-        from ray.serve.metrics import Counter, Gauge
+        from ray.serve.metrics import Gauge
 
         self.spec = _spec(args)
         self.generator = generator
@@ -238,9 +285,7 @@ class Ingress:
         self._scan_needed = True  # hand over unfinished jobs from the store: at start, and after an outage
         self._model: str | None = None  # what a generator answered it serves, once one did
         self.inflight_gauge = Gauge(SERVING["inflight"].name, SERVING["inflight"].help)
-        self.rejections = Counter(SERVING["rejections"].name, SERVING["rejections"].help,
-                                  tag_keys=SERVING["rejections"].labels)
-        api.state.ingress = self
+        self._openapi: dict | None = None
 
     # -- job hand-over ------------------------------------------------------------------------
     #
@@ -356,8 +401,8 @@ class Ingress:
 
     @api.post("/v1/videos", status_code=202, response_model=JobAccepted,
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": VideoRequest.model_json_schema()}}}},
-              responses={401: {}, 413: {}, 415: {}, 422: {}, 429: {"description": "queue full; retry later"}})
+                  "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}}}}},
+              responses=error_responses(400, 401, 413, 415, 422, 429, 503))
     async def create_video(self, request: Request):
         """Queue a generation; poll GET /v1/videos/{id} for its progress."""
         self._authorize(request)
@@ -384,7 +429,7 @@ class Ingress:
         return JSONResponse({"id": job_id, "status": "queued"}, status_code=202,
                             headers={"Location": f"/v1/videos/{job_id}"})
 
-    @api.get("/v1/videos/{job_id}", response_model=JobView, responses={401: {}, 404: {}})
+    @api.get("/v1/videos/{job_id}", response_model=JobView, responses=error_responses(401, 404, 422, 503))
     async def get_video(self, job_id: str, request: Request,
                         wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the job "
                                             "to end before answering (long poll); 0 answers at once")):
@@ -400,7 +445,7 @@ class Ingress:
         return self._view(record, request)
 
     @api.get("/v1/videos/{job_id}/content", name="video_content",
-             responses={200: {"content": {"video/mp4": {}}}, 401: {}, 404: {}, 409: {}})
+             responses={200: {"content": {"video/mp4": {}}}, **error_responses(401, 404, 409, 422, 503)})
     async def video_content(self, job_id: str, request: Request):
         """The mp4 of a succeeded job."""
         self._authorize(request)
@@ -411,7 +456,8 @@ class Ingress:
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
-    @api.delete("/v1/videos/{job_id}", status_code=202, response_model=JobView, responses={401: {}, 404: {}, 409: {}})
+    @api.delete("/v1/videos/{job_id}", status_code=202, response_model=JobView,
+                responses=error_responses(401, 404, 409, 422, 503))
     async def cancel_video(self, job_id: str, request: Request):
         """Cancel a queued or running job (a running one stops after its current denoising step)."""
         self._authorize(request)
@@ -426,6 +472,18 @@ class Ingress:
             await asyncio.to_thread(self.jobs.end_if_open, job_id, "cancelled", None)
             record = await asyncio.to_thread(self._record, job_id)
         return JSONResponse(self._view(record, request), status_code=202)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request):
+        if self._openapi is None:
+            self._openapi = openapi_document(request.app.routes, self.spec.limits, bearer=self.token is not None)
+        return JSONResponse(self._openapi)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="PolyVivid API")
 
     @api.get("/healthz")
     async def healthz(self):

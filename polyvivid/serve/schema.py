@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..api.common import field_path
+from ..api.common import MAX_GUIDANCE, MAX_SEED, field_path
 from ..api.service import GenerationDefaults, Limits
 from ..model.request import InvalidRequest, validate_request
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}
-MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard: checked from the header, before decoding
 MAX_PROMPT_CHARS = 2000
 
 
@@ -35,6 +32,32 @@ class RequestRejected(Exception):
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_request, out_of_limits, queue_full")
+    message: str
+    field: str | None = Field(None, description="the request field at fault, e.g. subjects[0].image")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+ERROR_STATUSES = {
+    400: "the body is not valid JSON", 401: "missing or wrong bearer token", 404: "no such job or route",
+    409: "the job is not in a state that allows this", 413: "the body or an image is too large",
+    415: "the body is not application/json", 422: "a field is invalid or outside the service's limits",
+    429: "the queue is full; retry after Retry-After seconds",
+    503: "the job store is unavailable; retry after Retry-After seconds",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """OpenAPI `responses` for a route: each status with the error body and what it means."""
+    return {status: {"model": ErrorBody, "description": ERROR_STATUSES[status]} for status in statuses}
 
 
 class _Body(BaseModel):
@@ -55,8 +78,8 @@ class VideoRequest(_Body):
     height: int | None = Field(None, description="pixels, a multiple of 16")
     width: int | None = Field(None, description="pixels, a multiple of 16")
     steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    guidance: float | None = Field(None, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
 class JobAccepted(BaseModel):
@@ -116,25 +139,18 @@ def parse_body(raw: bytes) -> VideoRequest:
 
 def check_image(data: str, field: str) -> tuple[bytes, str]:
     """Base64 -> bytes, accepted only if the bytes are a PNG or JPEG of sane dimensions."""
-    from PIL import Image, UnidentifiedImageError
+    from ..images import ImageRejected, read_image
 
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise RequestRejected(422, "invalid_image", f"{field}: not valid base64", field) from None
     try:
-        with Image.open(io.BytesIO(raw)) as img:  # reads the header only
-            fmt, (w, h) = img.format, img.size
-            if fmt not in IMAGE_FORMATS:
-                raise RequestRejected(422, "invalid_image", f"{field}: a {fmt} image; send PNG or JPEG", field)
-            if w * h > MAX_IMAGE_PIXELS:
-                raise RequestRejected(413, "image_too_large",
-                                      f"{field}: {w}x{h} pixels, at most {MAX_IMAGE_PIXELS} accepted", field)
-            img.load()  # a truncated or corrupt file fails here, not in the generator
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RequestRejected(422, "invalid_image", f"{field}: not a readable PNG or JPEG image ({e.__class__.__name__})",
-                              field) from None
-    return raw, IMAGE_FORMATS[fmt]
+        _, extension = read_image(raw)
+    except ImageRejected as e:
+        raise RequestRejected(413 if e.too_large else 422, "image_too_large" if e.too_large else "invalid_image",
+                              f"{field}: {e}", field) from None
+    return raw, extension
 
 
 def check_request(req: VideoRequest, limits: Limits, defaults: GenerationDefaults, seed: int) -> Generation:
@@ -148,16 +164,17 @@ def check_request(req: VideoRequest, limits: Limits, defaults: GenerationDefault
         if name in names[:i]:
             raise RequestRejected(422, "invalid_request", f"subjects[{i}].name: {req.subjects[i].name!r} given twice",
                                   f"subjects[{i}].name")
-    gen = dict(num_frames=req.num_frames or defaults.num_frames, height=req.height or defaults.height,
-               width=req.width or defaults.width, steps=req.steps or defaults.steps)
+    given = lambda value, default: default if value is None else value  # noqa: E731 (0 is given, not left out)
+    gen = dict(num_frames=given(req.num_frames, defaults.num_frames), height=given(req.height, defaults.height),
+               width=given(req.width, defaults.width), steps=given(req.steps, defaults.steps))
     for name, value, bound in (("num_frames", gen["num_frames"], limits.max_frames),
                                ("height", gen["height"], limits.max_height), ("width", gen["width"], limits.max_width),
                                ("steps", gen["steps"], limits.max_steps)):
         if value < 1 or value > bound:
             raise RequestRejected(422, "out_of_limits", f"{name}: {value} is outside 1..{bound}", name)
-    guidance = defaults.guidance if req.guidance is None else req.guidance
-    if not 0 <= guidance <= 30:
-        raise RequestRejected(422, "out_of_limits", f"guidance: {guidance} is outside 0..30", "guidance")
+    guidance = given(req.guidance, defaults.guidance)
+    if not 0 <= guidance <= MAX_GUIDANCE:  # NaN fails this too
+        raise RequestRejected(422, "out_of_limits", f"guidance: {guidance} is outside 0..{MAX_GUIDANCE:g}", "guidance")
     try:
         validate_request(req.prompt, [s.name for s in req.subjects], gen["num_frames"], gen["height"], gen["width"],
                          limits.max_subjects)

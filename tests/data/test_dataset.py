@@ -86,8 +86,31 @@ def test_corrupt_samples_are_skipped_counted_and_replaced(tmp_path):
     assert len(ds) == 3  # the two bad manifest lines are rejected with reasons
     got = [ds.get(p, 0, 5, 32, 32, 2, torch.Generator().manual_seed(p)).id for p in range(6)]
     assert set(got) == {records[0].id}
-    assert sum(ds.skipped.values()) == 2
+    assert ds.skipped["invalid manifest line"] == 2 and sum(ds.skipped.values()) == 4
     broken = SubjectVideoDataset(str(tmp_path))
     broken.samples = broken.samples[1:]
     with pytest.raises(SampleError, match="no readable sample"):
         broken.get(0, 0, 5, 32, 32, 1, torch.Generator())
+
+
+def test_s3_lines_that_leave_the_dataset_are_skipped_and_counted(s3_bucket):
+    """A line whose paths step out of the dataset's prefix ('..', absolute, another URI) is a bad sample,
+    and the store itself refuses a key with '..' (S3 keys are literal: it would address another key)."""
+    from polyvivid.storage import StorageError
+
+    store = open_store(f"{s3_bucket}/data")
+    records = write_synthetic_dataset(store, 2, seed=0, size=32, frames=5)
+    open_store(s3_bucket).write_bytes("other/clip.mp4", store.read_bytes(records[0].video))
+    escaping = [{"video": "../other/clip.mp4"}, {"video": "/other/clip.mp4"}, {"video": f"{s3_bucket}/other/clip.mp4"},
+                {"subjects": [{"word": records[0].subjects[0].word, "image": "subjects/../../other/x.png"}]}]
+    lines = store.read_text(MANIFEST).splitlines()
+    lines += [json.dumps({**records[0].model_dump(exclude_none=True), "id": f"bad{i}", **change})
+              for i, change in enumerate(escaping)]
+    store.write_text(MANIFEST, "\n".join(lines) + "\n")
+    ds = SubjectVideoDataset(f"{s3_bucket}/data")
+    assert [s.id for s in ds.samples] == [r.id for r in records]
+    assert ds.skipped["invalid manifest line"] == len(escaping)
+    with pytest.raises(StorageError, match="'..' segment"):
+        store.read_bytes("../other/clip.mp4")
+    with pytest.raises(StorageError, match="'..' segments are not allowed"):
+        open_store(f"{s3_bucket}/data/../other")

@@ -37,7 +37,7 @@ def test_print_config_is_the_serve_config_a_rayservice_runs(tmp_path):
     ((), {}, {}, "one of the arguments --local --print-config is required"),
     (("--local",), {"model": {"training": "run1"}}, {}, "give its final/ with --model URI"),
     (("--local",), {"apiTokenSecretRef": {"name": "api"}}, {}, "POLYVIVID_API_TOKEN"),
-    (("--local", "--port", "70000"), {}, {}, "--port: 70000 is not a port"),
+    (("--local", "--port", "70000"), {}, {}, "argument --port: 70000 is outside 1..65535"),
     (("--local",), {"limits": {"maxFrames": 8}}, {}, "maxFrames must be of the form 4k+1"),
     (("--local",), {"replicas": {"min": 3, "max": 2}}, {}, "min (3) exceeds max (2)"),
 ])
