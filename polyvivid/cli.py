@@ -495,11 +495,12 @@ def cmd_serve(args) -> int:
 
         print(yaml.safe_dump(serve_config_v2(spec, args.model), sort_keys=False), end="")
         return 0
-    spec = _local_api_auth(args, spec)
-    from .ray_local import RayAuthOff
+    from .ray_local import RayAuthOff, check_auth
     from .serve.local import serve_local
 
     try:
+        check_auth(args.insecure_ray_no_auth)  # before anything is written or started
+        spec = _local_api_auth(args, spec)
         serve_local(spec, args.model, args.port, on_ready=lambda line: print(line, flush=True),
                     allow_ray_no_auth=args.insecure_ray_no_auth)
     except RayAuthOff as e:

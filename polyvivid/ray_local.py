@@ -38,6 +38,8 @@ class RayAuthOff(RuntimeError):
 def check_auth(allow_no_auth: bool) -> None:
     """Refuse to start Ray with its token auth off unless asked; warn when asked."""
     if allow_no_auth:
+        if os.environ.get(AUTH_ENV) == "disabled":  # said once already
+            return
         os.environ[AUTH_ENV] = "disabled"
         print("polyvivid: warning: Ray token authentication is OFF: any local user who reaches Ray's loopback "
               "ports can run code as you", file=sys.stderr, flush=True)

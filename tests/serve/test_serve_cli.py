@@ -37,6 +37,9 @@ def test_print_config_is_the_serve_config_a_rayservice_runs(tmp_path):
     ((), {}, {}, "one of the arguments --local --print-config is required"),
     (("--local",), {"model": {"training": "run1"}}, {}, "give its final/ with --model URI"),
     (("--local",), {"apiTokenSecretRef": {"name": "api"}}, {}, "POLYVIVID_API_TOKEN"),
+    (("--local",), {}, {"RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE=disabled turns Ray's token authentication "
+                                                      "off; unset it, or pass --insecure-ray-no-auth"),
+    (("--local", "--insecure-no-auth"), {"apiTokenSecretRef": {"name": "api"}}, {}, "contradict each other"),
     (("--local", "--port", "70000"), {}, {}, "argument --port: 70000 is outside 1..65535"),
     (("--local",), {"limits": {"maxFrames": 8}}, {}, "maxFrames must be of the form 4k+1"),
     (("--local",), {"replicas": {"min": 3, "max": 2}}, {}, "min (3) exceeds max (2)"),
