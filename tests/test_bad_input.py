@@ -21,6 +21,9 @@ from polyvivid.samples import draw_subject
 
 TRAINING = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividTraining", "metadata": {"name": "t"},
             "spec": {"model": {"preset": "tiny"}, "dataset": {"uri": "data"}, "output": "out"}}
+CURATION = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
+            "spec": {"input": "raw", "output": "out"}}
+MANIFESTS = {"train": TRAINING, "curate": CURATION, "render": TRAINING}
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -129,12 +132,13 @@ def test_files_that_are_not_manifests(capsys, tmp_path, command, content, expect
 
 @pytest.mark.parametrize("command, change, expected", [
     (command, change, expected)
-    for command in ("train", "render")
+    for command in MANIFESTS
     for change, expected in ((lambda m: m.pop("metadata"), "metadata"),
                              (lambda m: m.update(spek={"typo": 1}), "spek: Extra inputs are not permitted"))
-] + [("train", lambda m: m["spec"].update(output="s3://bucket/runs/../../other"), "'..' is not allowed")])
+] + [(command, lambda m: m["spec"].update(output="s3://bucket/runs/../../other"), "'..' is not allowed")
+     for command in ("train", "curate")])
 def test_manifests_without_metadata_or_with_unknown_keys(capsys, tmp_path, command, change, expected):
-    manifest = yaml.safe_load(yaml.safe_dump(TRAINING))
+    manifest = yaml.safe_load(yaml.safe_dump(MANIFESTS[command]))
     change(manifest)
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(manifest))
