@@ -7,7 +7,6 @@ the commands that need them, so `polyvivid --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -26,30 +25,28 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def int_in(low: int, high: int):
-    """An argparse type: an integer within [low, high] (the documented bounds), else a one-line error."""
-    def parse(text: str) -> int:
+def _in_range(convert, what: str, low, high):
+    """An argparse type: `convert(text)` within [low, high] (the documented bounds; NaN and infinity are
+    outside every range), else a one-line error."""
+    show = (lambda v: f"{v:g}") if convert is float else str
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:  # False for NaN
+            raise argparse.ArgumentTypeError(f"{text} is outside {show(low)}..{show(high)}")
         return value
     return parse
+
+
+def int_in(low: int, high: int):
+    return _in_range(int, "an integer", low, high)
 
 
 def number_in(low: float, high: float):
-    """An argparse type: a finite number within [low, high] (NaN and infinity refused)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
-        return value
-    return parse
+    return _in_range(float, "a number", low, high)
 
 
 PORT = int_in(1, 65535)

@@ -90,3 +90,16 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def rank0_metrics_past_step(port: int, step: int) -> str | None:
+    """Rank 0's /metrics text once polyvivid_train_step reached `step` (None before, or while unreachable)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    steps = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("polyvivid_train_step ")]
+    return text if steps and steps[0] >= step else None

@@ -6,13 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
 from tests.conftest import free_port
 from tests.sockets import ListenerWatch, process_tree
-from tests.train.conftest import progress, training_manifest, wait_for, worker_env, write_spec
+from tests.train.conftest import progress, rank0_metrics_past_step, training_manifest, wait_for, worker_env, write_spec
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -24,17 +23,8 @@ def test_ranks_listen_on_loopback_and_a_signal_to_the_launcher_stops_them(synth_
     launcher = subprocess.Popen([sys.executable, "-m", "polyvivid.cli", "train", str(spec), "--local", "--nproc", "2"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env())
 
-    def scraped():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return None
-        steps = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("polyvivid_train_step ")]
-        return bool(steps) and steps[0] >= 2
-
     with ListenerWatch(launcher.pid, interval_s=0.2) as listeners:
-        wait_for(scraped, 120, "rank 0's metrics past step 2")  # both ranks are in the process group now
+        wait_for(lambda: rank0_metrics_past_step(port, 2), 120, "rank 0's metrics past step 2")  # both ranks are in the process group now
         workers = process_tree(launcher.pid)[1:]
     # the launcher's store, each rank's gloo pairs, rank 0's metrics: all on loopback
     assert port in {listener.port for listener in listeners.seen}

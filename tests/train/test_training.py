@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 
 from polyvivid.storage import open_store
 from tests.conftest import free_port
 from tests.train.conftest import (
-    children, polyvivid, progress, s3_worker_env, training_manifest, wait_for, worker_env, write_spec,
+    children, polyvivid, progress, rank0_metrics_past_step, s3_worker_env, training_manifest, wait_for, worker_env,
+    write_spec,
 )
 
 
@@ -132,16 +132,7 @@ def test_sigterm_checkpoints_and_exits_for_a_restart_and_metrics_are_served(synt
     proc = subprocess.Popen([sys.executable, "-m", "polyvivid.cli", "train", str(spec), "--metrics-addr", "127.0.0.1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env())
 
-    def scrape():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return None
-        steps = [float(l.split()[-1]) for l in text.splitlines() if l.startswith("polyvivid_train_step ")]
-        return text if steps and steps[0] >= 2 else None
-
-    metrics = wait_for(scrape, 120, "metrics with two steps")
+    metrics = wait_for(lambda: rank0_metrics_past_step(port, 2), 120, "metrics with two steps")
     for name in ("polyvivid_train_loss", "polyvivid_train_samples_per_second", "polyvivid_train_step_seconds",
                  "polyvivid_train_total_steps 200"):
         assert name in metrics
