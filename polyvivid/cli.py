@@ -49,7 +49,10 @@ def number_in(low: float, high: float):
     return _in_range(float, "a number", low, high)
 
 
+# The types of the options several commands share, with the documented bounds (polyvivid/api/common.py).
 PORT = int_in(1, 65535)
+FRAMES, SIDE, STEPS = int_in(1, MAX_FRAMES), int_in(16, MAX_SIDE), int_in(1, MAX_STEPS)
+GUIDANCE, SEED = number_in(0, MAX_GUIDANCE), int_in(0, MAX_SEED)
 
 
 def output_uri(text: str) -> str:
@@ -110,17 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "run's final/ with PolyVivid weights)")
     source.add_argument("--preset", default=None, choices=["tiny", "hunyuan-13b"],
                         help="random weights in a preset's shapes (default: tiny when --model is not given)")
-    gen.add_argument("--num-frames", type=int_in(1, MAX_FRAMES), default=9, help=f"frames, of the form 4k+1, at most {MAX_FRAMES} (default 9)")
-    gen.add_argument("--height", type=int_in(16, MAX_SIDE), default=64, help=f"pixels, a multiple of 16, at most {MAX_SIDE} (default 64)")
-    gen.add_argument("--width", type=int_in(16, MAX_SIDE), default=64, help=f"pixels, a multiple of 16, at most {MAX_SIDE} (default 64)")
-    gen.add_argument("--steps", type=int_in(1, MAX_STEPS), default=4,
+    gen.add_argument("--num-frames", type=FRAMES, default=9, help=f"frames, of the form 4k+1, at most {MAX_FRAMES} (default 9)")
+    gen.add_argument("--height", type=SIDE, default=64, help=f"pixels, a multiple of 16, at most {MAX_SIDE} (default 64)")
+    gen.add_argument("--width", type=SIDE, default=64, help=f"pixels, a multiple of 16, at most {MAX_SIDE} (default 64)")
+    gen.add_argument("--steps", type=STEPS, default=4,
                      help=f"denoising steps, 1..{MAX_STEPS} (default 4; the paper's 50 for quality)")
-    gen.add_argument("--guidance", type=number_in(0, MAX_GUIDANCE), default=6.0,
+    gen.add_argument("--guidance", type=GUIDANCE, default=6.0,
                      help=f"embedded guidance scale, 0..{MAX_GUIDANCE:g} (default 6.0)")
     gen.add_argument("--true-cfg", type=number_in(1, MAX_GUIDANCE), default=1.0,
                      help="classifier-free guidance scale against --negative-prompt; >1 doubles the cost")
     gen.add_argument("--negative-prompt", default="", help="used only with --true-cfg > 1")
-    gen.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="random seed, 0..2**63-1 (default 0)")
+    gen.add_argument("--seed", type=SEED, default=0, help="random seed, 0..2**63-1 (default 0)")
     gen.add_argument("--fps", type=int_in(1, 240), default=24, help="frames per second of the mp4, 1..240 (default 24)")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -172,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="dataset URI: a path, file:// or s3://")
     synth.add_argument("--videos", type=int_in(1, 100_000), default=32, help="number of clips, 1..100000 (default 32)")
     synth.add_argument("--size", type=int_in(16, 1024), default=96, help="clip side in pixels, 16..1024 (default 96)")
-    synth.add_argument("--frames", type=int_in(1, MAX_FRAMES), default=17,
+    synth.add_argument("--frames", type=FRAMES, default=17,
                        help=f"frames per clip, 1..{MAX_FRAMES} (default 17)")
-    synth.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="random seed (default 0)")
+    synth.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     synth.set_defaults(run=cmd_synth_data)
 
     srv = sub.add_parser(
@@ -213,11 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     req.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
     _add_prompt_and_subjects(req)
-    for flag, kind, what in (("--num-frames", int_in(1, MAX_FRAMES), "frames, 4k+1"),
-                             ("--height", int_in(16, MAX_SIDE), "pixels"), ("--width", int_in(16, MAX_SIDE), "pixels"),
-                             ("--steps", int_in(1, MAX_STEPS), "denoising steps"),
-                             ("--guidance", number_in(0, MAX_GUIDANCE), "guidance scale"),
-                             ("--seed", int_in(0, MAX_SEED), "random seed")):
+    for flag, kind, what in (("--num-frames", FRAMES, "frames, 4k+1"), ("--height", SIDE, "pixels"),
+                             ("--width", SIDE, "pixels"), ("--steps", STEPS, "denoising steps"),
+                             ("--guidance", GUIDANCE, "guidance scale"), ("--seed", SEED, "random seed")):
         req.add_argument(flag, type=kind, help=f"{what} (default: the service's)")
     req.add_argument("--output", type=output_uri, required=True, help="the mp4 to write")
     req.add_argument("--token-env", default="POLYVIVID_API_TOKEN",
@@ -270,11 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "into --videos)")
     gen.add_argument("--model", metavar="URI", help="PolyVivid weights or checkpoint (path, s3:// URI) or a preset")
     gen.add_argument("--base-model", metavar="URI", help="where the weights' base model lives now (hunyuanvideo/, llava/)")
-    gen.add_argument("--num-frames", type=int_in(1, MAX_FRAMES), default=33, help="frames per video, 4k+1 (default 33)")
-    gen.add_argument("--height", type=int_in(16, MAX_SIDE), default=256, help="default 256")
-    gen.add_argument("--width", type=int_in(16, MAX_SIDE), default=256, help="default 256")
-    gen.add_argument("--steps", type=int_in(1, MAX_STEPS), default=30, help="denoising steps (default 30)")
-    gen.add_argument("--guidance", type=number_in(0, MAX_GUIDANCE), default=6.0, help="embedded guidance scale (default 6.0)")
+    gen.add_argument("--num-frames", type=FRAMES, default=33, help="frames per video, 4k+1 (default 33)")
+    gen.add_argument("--height", type=SIDE, default=256, help="default 256")
+    gen.add_argument("--width", type=SIDE, default=256, help="default 256")
+    gen.add_argument("--steps", type=STEPS, default=30, help="denoising steps (default 30)")
+    gen.add_argument("--guidance", type=GUIDANCE, default=6.0, help="embedded guidance scale (default 6.0)")
     models = ev.add_argument_group("models (directories in Hugging Face layout, or TorchScript / .pt2 files)")
     models.add_argument("--clip-b", metavar="DIR", help="CLIP ViT-B: CLIP-B, temporal consistency")
     models.add_argument("--clip-l", metavar="DIR", help="CLIP ViT-L: CLIP-L")
@@ -298,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw sample subjects (man, tiger, dog, guitar) beside OUT and use them")
     cases.add_argument("--out", required=True, metavar="CASES.jsonl", help="where to write the cases")
     cases.add_argument("--count", type=int_in(1, 100_000), default=100, help="how many cases (default 100)")
-    cases.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="which pairs and prompts (default 0)")
+    cases.add_argument("--seed", type=SEED, default=0, help="which pairs and prompts (default 0)")
     cases.set_defaults(run=cmd_eval_cases)
 
     samples = sub.add_parser("sample-subjects", help="write drawn sample subject images (for the demo)",
@@ -534,13 +535,10 @@ def _local_api_auth(args, spec):
 def cmd_request(args) -> int:
     from .serve.client import ApiError, Client
 
-    from .serve.config import local_token_file
+    from .serve.config import read_local_token
 
     images = {word: Path(_existing_subject_file(word, path)).read_bytes() for word, path in args.subject}
-    token = os.environ.get(args.token_env)
-    if not token and local_token_file().is_file():  # what `serve --local` generated
-        token = local_token_file().read_text().strip()
-    client = Client(args.url, token=token)
+    client = Client(args.url, token=os.environ.get(args.token_env) or read_local_token())
     from tqdm import tqdm
 
     try:

@@ -38,6 +38,13 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     return ctx
 
 
+def connection_info(settings: kopf.OperatorSettings, logger) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else $KUBECONFIG: what both this client and kopf (handlers.lifecycle's
+    login handler) use, so kopf does not pick whichever API client library happens to be installed."""
+    return (kopf.login_with_service_account(settings=settings, logger=logger)
+            or kopf.login_with_kubeconfig(settings=settings, logger=logger))
+
+
 class Kube:
     def __init__(self, info: kopf.ConnectionInfo):
         self.server = info.server.rstrip("/")
@@ -49,9 +56,7 @@ class Kube:
 
     @classmethod
     def from_environment(cls, settings: kopf.OperatorSettings, logger) -> "Kube":
-        from .handlers.lifecycle import login
-
-        info = login(settings=settings, logger=logger)
+        info = connection_info(settings, logger)
         if info is None:
             raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor $KUBECONFIG")
         return cls(info)

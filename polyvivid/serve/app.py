@@ -119,18 +119,19 @@ class Generator:
             log.warning("job %s not started, the store is unavailable: %s", job_id, e)
             return {"status": "not_started"}
         req = record["request"]
-        store_down = []  # progress and cancel checks are best effort: an outage must not fail the job
+        warned = False  # progress and cancel checks are best effort: an outage must not fail the job
 
         def on_step(step: int, total: int) -> None:
+            nonlocal warned
             record["progress"] = round(0.99 * step / total, 4)  # 1.0 only once the video is stored
             try:
                 if jobs.cancel_requested(job_id):
                     raise JobCancelled
                 jobs.write(record)
             except StorageError as e:
-                if not store_down:
+                if not warned:
                     log.warning("job %s: progress not stored (%s); generating on", job_id, e)
-                store_down.append(step)
+                    warned = True
 
         start = time.perf_counter()
         try:
@@ -153,7 +154,8 @@ class Generator:
                                                   f"for {RECORD_WITHIN_S:g} s); submit the job again")
         except Exception as e:  # the job ends failed with the reason; the replica lives on
             log.exception("job %s failed", job_id)
-            record.update(status="failed", error=f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
+            first_line = (str(e).splitlines() or [""])[0]
+            record.update(status="failed", error=f"{e.__class__.__name__}: {first_line}"[:500])
             if self.device == "cuda":
                 torch.cuda.empty_cache()
         record["finished_at"] = time.time()

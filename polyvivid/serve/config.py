@@ -19,15 +19,20 @@ def local_token_file() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "polyvivid" / "api-token"
 
 
+def read_local_token() -> str | None:
+    """The token `serve --local` generated, if there is one (what `polyvivid request` sends by default)."""
+    path = local_token_file()
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
 def local_token() -> str:
     """The token in local_token_file(), made (random, 0600) the first time: the same one across restarts,
     so clients keep working, and never printed (logs are not a place for secrets)."""
+    token = read_local_token()
     path = local_token_file()
-    if path.is_file():
-        token = path.read_text().strip()
-        if token:
-            path.chmod(0o600)
-            return token
+    if token:
+        path.chmod(0o600)
+        return token
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -6,7 +6,7 @@ import kopf
 
 from .. import metrics
 from ..config import OperatorConfig
-from ..kube import Kube
+from ..kube import Kube, connection_info
 
 
 @kopf.on.startup()
@@ -37,7 +37,5 @@ async def cleanup(memo: kopf.Memo, **_):
 
 @kopf.on.login()
 def login(settings: kopf.OperatorSettings, logger, **_):
-    """In-cluster service account, else $KUBECONFIG: the same credentials the operator's own client uses
-    (kopf would otherwise pick whichever API client library happens to be installed)."""
-    return (kopf.login_with_service_account(settings=settings, logger=logger)
-            or kopf.login_with_kubeconfig(settings=settings, logger=logger))
+    """The same credentials the operator's own client uses (kube.connection_info)."""
+    return connection_info(settings, logger)
