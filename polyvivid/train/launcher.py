@@ -108,12 +108,17 @@ def launch(worker_args: list[str], nproc: int) -> int:
     return code
 
 
+def _shell_code(code: int | None) -> int | None:
+    """Popen's -N for a worker killed by signal N, as a shell reports it (128 + N); sys.exit(-6) would be 250."""
+    return 128 - code if code is not None and code < 0 else code
+
+
 def _supervise(workers: list[subprocess.Popen], stopping: threading.Event) -> int:
     """Wait for the workers; stop them all on a signal or when one fails. Returns the command's exit code:
     the first failure's (the cause, not the stopped workers' 143), else 143 if stopped, else 0."""
     first_failure, signalled_at = None, None
     while True:
-        codes = [w.poll() for w in workers]
+        codes = [_shell_code(w.poll()) for w in workers]
         if first_failure is None:
             first_failure = next((c for c in codes if c not in (None, 0)), None)
         if all(c is not None for c in codes):

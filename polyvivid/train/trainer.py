@@ -129,6 +129,16 @@ def validation_loss(pipe, dataset: SubjectVideoDataset, positions: range, seed: 
     return sum(losses) / len(losses)
 
 
+def _leave_process_group(env) -> None:
+    """Every rank leaves together. A process that exits still in a gloo group can abort in the group's
+    destructor ("terminate called without an active exception"), turning a clean 143 into SIGABRT."""
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _own_state_for_export(transformer, names: list[str]) -> dict[str, torch.Tensor]:
     """PolyVivid's own weights, gathered to full tensors (a collective under FSDP2: every rank calls it)."""
     from torch.distributed.tensor import DTensor
@@ -260,6 +270,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "12
         if stop:
             log.info("SIGTERM: checkpoint %s saved at step %d; exiting for a restart", last_checkpoint, done)
             reporter.close()
+            _leave_process_group(env)
             return EXIT_PREEMPTED
 
     # Export all of PolyVivid's own weights (trained or not, so the artifact loads on its own) and the
@@ -280,11 +291,7 @@ def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "12
         reporter.write(status=status, last_checkpoint=last_checkpoint, final=store.uri("final"))
         log.info("final weights: %s", store.uri("final"))
     shutil.rmtree(scratch, ignore_errors=True)
-    if env.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    _leave_process_group(env)
     if spec.evaluation and env.is_main:
         # only rank 0 evaluates, on the stored weights, with the training's memory given back first
         del model, optimizer, trainable, transformer, pipe
