@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..model.options import PresetName
 from .common import (API_VERSION, MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, ApiModel, ObjectMeta,
                      SchedulingSpec, StorageSpec, WorkerShape)
 
@@ -15,7 +16,7 @@ class ServedModel(ApiModel):
 
     training: str | None = Field(None, description="name of a PolyVividTraining whose final/ to serve once it succeeded")
     uri: str | None = Field(None, description="a checkpoint or PolyVivid weights (path or s3:// URI)")
-    preset: Literal["tiny", "hunyuan-13b"] | None = None
+    preset: PresetName | None = None
     base_model: str | None = Field(None, description="URI of the HunyuanVideo + LLaVA base, when the weights need one")
 
     @model_validator(mode="after")

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from ..model.options import (DEFAULT_INJECTION, SMOKE_PRESET, SPEC_TRANSFORMER_OPTIONS, TRAINABLE_GROUPS,
+                             InjectionStrategy, PresetName, TrainableGroup)
 from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec
 
 
@@ -51,11 +53,11 @@ def default_stages() -> list[Stage]:
 class ModelSource(ApiModel):
     """Where the base weights come from, and PolyVivid's switches (paper Table 2)."""
 
-    preset: Literal["tiny", "hunyuan-13b"] | None = Field(None, description="random weights in a preset's shapes")
+    preset: PresetName | None = Field(None, description="random weights in a preset's shapes")
     seed: int = Field(0, description="seed of a preset's random weights")
     hunyuanvideo: str | None = Field(None, description="URI of a diffusers HunyuanVideo directory")
     llava: str | None = Field(None, description="URI of a transformers LLaVA directory")
-    injection: Literal["cross_attention", "adapter", "token_concat", "none"] = "cross_attention"
+    injection: InjectionStrategy = DEFAULT_INJECTION
     use_interaction: bool = True
     use_interaction_rope: bool = True
     use_llava_fusion: bool = True
@@ -77,9 +79,7 @@ class ModelSource(ApiModel):
         return {"hunyuanvideo": self.hunyuanvideo, "llava": self.llava}
 
     def transformer_options(self) -> dict:
-        return {"injection": self.injection, "use_interaction": self.use_interaction,
-                "use_interaction_rope": self.use_interaction_rope, "use_llava_fusion": self.use_llava_fusion,
-                "interaction_block": self.interaction_block}
+        return {name: getattr(self, name) for name in SPEC_TRANSFORMER_OPTIONS}
 
 
 class DatasetSource(ApiModel):
@@ -118,8 +118,6 @@ class ResourcesSpec(ApiModel):
         return self.nodes * max(self.gpus_per_node, 1)
 
 
-TrainableGroup = Literal["identity_injection", "lora_interaction", "lora_blocks"]
-
 EvalMetric = Literal["face", "dino", "clip-b", "clip-l", "temporal", "fvd"]
 _EVAL_METRIC_MODELS: dict[str, tuple[str, ...]] = {
     "face": ("face_detector", "face_embedder"), "dino": ("dinov2", "grounding", "sam2"), "clip-b": ("clip_b",),
@@ -145,7 +143,7 @@ class EvalModelsSpec(ApiModel):
     face_detector: str | None = Field(None, description="face detector file: Face-sim")
     face_embedder: str | None = Field(None, description="ArcFace-style embedder file: Face-sim")
     i3d: str | None = Field(None, description="I3D file for FVD (else CLIP-B features)")
-    preset: Literal["tiny"] | None = Field(None, description="random tiny models for all (smoke tests only)")
+    preset: Literal[SMOKE_PRESET] | None = Field(None, description="random tiny models for all (smoke tests only)")
 
 
 class EvaluationSpec(ApiModel):
@@ -183,7 +181,7 @@ class TrainingSpec(ApiModel):
     stages: list[Stage] = Field(default_factory=default_stages, min_length=1)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     trainable: list[TrainableGroup] = Field(
-        default_factory=lambda: ["identity_injection", "lora_interaction", "lora_blocks"], min_length=1,
+        default_factory=lambda: list(TRAINABLE_GROUPS), min_length=1,
         description="PolyVivid's parameter groups to train: the injection modules, the interaction LoRA, "
                     "the LoRA on the double blocks' Q/K/V; everything else stays frozen")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)

@@ -1,5 +1,11 @@
-"""Attention-inherited identity injection (paper 4.3) and the adapter ablation (Table 2).
+"""How subject tokens reach the video stream: the injection strategies (paper 4.3 and Table 2).
 
+`INJECTION_STRATEGIES` (at the end) is the registry, name -> strategy class; the names are listed
+torch-free in options.INJECTION_STRATEGIES for the API and CLI (a test ties the two). A new strategy is
+one class here: a module built once per double-stream block and run before it, and what of the block
+it adapts with PolyVivid's LoRA.
+
+Attention-inherited identity injection (paper 4.3):
 In every double-stream block, before the block's own MM-attention, the video tokens attend to the
 identity-enhanced subject tokens: queries come from the block's video Q projection, keys and values
 from the block's video K/V projections (the weights are inherited, i.e. the very same modules,
@@ -11,6 +17,8 @@ from scratch, no FFN; the same zero-initialised output FC.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +43,37 @@ def subject_cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     return out.transpose(1, 2).flatten(2, 3)
 
 
-class _SubjectInjection(nn.Module):
-    """What both strategies share: pre-norms, inherited (LoRA'd) video Q, the zero-initialised FC.
+# The double blocks' video Q/K/V projections (a regex within a block, as peft fullmatches names).
+VIDEO_QKV = r"attn\.(to_q|to_k|to_v)"
+
+
+class InjectionStrategy(nn.Module):
+    """A strategy's contract with PolyVividTransformer, read from the class (the registry's values).
+
+    Subclasses that inject through a module set `per_block = True` and implement `build` and `forward`.
+    """
+
+    per_block: ClassVar[bool] = False  # one module per double-stream block, run before the block
+    lora_targets: ClassVar[str | None] = None  # the double blocks' modules PolyVivid's LoRA adapts
+    appends_subject_tokens: ClassVar[bool] = False  # subject tokens join the video sequence
+
+    @classmethod
+    def build(cls, block: nn.Module, config) -> "InjectionStrategy":
+        """The module for one double-stream `block` of a transformer with `config`."""
+        raise NotImplementedError(f"{cls.__name__} has no per-block module")
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _SubjectInjection(InjectionStrategy):
+    """What both module strategies share: pre-norms, inherited (LoRA'd) video Q, the zero-initialised FC.
 
     Subclasses say where keys and values come from (`keys_values`) and what follows the attention
     (`transform`).
     """
+
+    per_block = True
 
     def __init__(self, dim: int):
         super().__init__()
@@ -73,10 +106,16 @@ class _SubjectInjection(nn.Module):
 class IdentityInjection(_SubjectInjection):
     """Cross-attention (inherited, LoRA'd video Q/K/V) -> FFN -> zero-initialised FC, added to video."""
 
+    lora_targets = VIDEO_QKV
+
     def __init__(self, dim: int, ffn_mult: float = 1.0):
         super().__init__(dim)
         self.ff = FeedForward(dim, mult=ffn_mult, activation_fn="gelu-approximate")
         self.reset_parameters()
+
+    @classmethod
+    def build(cls, block, config):
+        return cls(config.num_attention_heads * config.attention_head_dim, config.injection_ffn_mult)
 
     def keys_values(self, subjects, attn):
         return attn.to_k(subjects), attn.to_v(subjects), attn.norm_k
@@ -94,5 +133,29 @@ class AdapterInjection(_SubjectInjection):
         self.to_v = nn.Linear(dim, dim)
         self.reset_parameters()
 
+    @classmethod
+    def build(cls, block, config):
+        return cls(config.num_attention_heads * config.attention_head_dim)
+
     def keys_values(self, subjects, attn):
         return self.to_k(subjects), self.to_v(subjects), None
+
+
+class TokenConcat(InjectionStrategy):
+    """HunyuanCustom / OmniControl: the subject tokens are appended to the video tokens, each subject at
+    frame -(k+1) on the video's (y, x) grid, and the blocks' LoRA'd video Q/K/V attend over both."""
+
+    lora_targets = VIDEO_QKV
+    appends_subject_tokens = True
+
+
+class NoInjection(InjectionStrategy):
+    """The subjects reach the video only through the identity-enhanced text."""
+
+
+INJECTION_STRATEGIES: dict[str, type[InjectionStrategy]] = {
+    "cross_attention": IdentityInjection,
+    "adapter": AdapterInjection,
+    "token_concat": TokenConcat,
+    "none": NoInjection,
+}

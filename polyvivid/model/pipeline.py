@@ -30,6 +30,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from .fusion import TextImageFusion, encode_subject_images
+from .options import TRANSFORMER_OPTIONS
 from .presets import get_preset
 from .request import InvalidRequest, validate_request  # noqa: F401  (re-exported)
 from .transformer import POLYVIVID_WEIGHTS, PolyVividTransformer
@@ -241,10 +242,6 @@ class PolyVividPipeline(DiffusionPipeline):
         self.vae.enable_tiling()
 
 
-POLYVIVID_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion", "interaction_block",
-                     "interaction_weights", "injection_ffn_mult", "lora_rank", "lora_alpha", "max_subjects")
-
-
 def batch_conditions(conditions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One batch from several `encode_conditions` results: captions right-padded (masked out, as
     HunyuanVideo pads), subject lists padded with masked-out zero subjects."""
@@ -272,7 +269,7 @@ def batch_conditions(conditions: list[dict[str, torch.Tensor]]) -> dict[str, tor
 def write_polyvivid_card(directory: str | Path, base: dict[str, Any], transformer_config: dict[str, Any]) -> Path:
     """The card beside PolyVivid weights: which base model they go on, with which PolyVivid options."""
     card = {"format": "polyvivid-weights/v1", "base": base,
-            "transformer_options": {k: transformer_config[k] for k in POLYVIVID_OPTIONS}}
+            "transformer_options": {k: transformer_config[k] for k in TRANSFORMER_OPTIONS}}
     path = Path(directory) / PIPELINE_CARD
     path.write_text(json.dumps(card, indent=2))
     return path

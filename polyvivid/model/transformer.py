@@ -28,11 +28,11 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoTransformer3DModel
 
-from .injection import AdapterInjection, IdentityInjection
+from .injection import INJECTION_STRATEGIES
 from .interaction import InteractionAttnProcessor, InteractionModule, JointRope
+from .options import DEFAULT_INJECTION, TRAINABLE_GROUPS
 from .rope import rope_cos_sin
 
-INJECTION_STRATEGIES = ("cross_attention", "adapter", "token_concat", "none")
 ADAPTER_NAME = "polyvivid"
 POLYVIVID_WEIGHTS = "polyvivid_weights.safetensors"
 
@@ -59,7 +59,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         rope_axes_dim: tuple[int, ...] = (16, 56, 56),
         image_condition_type: str | None = None,
         # PolyVivid
-        injection: str = "cross_attention",
+        injection: str = DEFAULT_INJECTION,
         use_interaction: bool = True,
         use_interaction_rope: bool = True,
         use_llava_fusion: bool = True,
@@ -81,11 +81,9 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         if image_condition_type is not None:
             raise ValueError("PolyVivid conditions on subjects, not on a first frame: image_condition_type must be None")
         if injection not in INJECTION_STRATEGIES:
-            raise ValueError(f"injection must be one of {INJECTION_STRATEGIES}, got {injection!r}")
+            raise ValueError(f"injection must be one of {tuple(INJECTION_STRATEGIES)}, got {injection!r}")
         if not 0 <= interaction_block < num_layers:
             raise ValueError(f"interaction_block must be in [0, {num_layers}), got {interaction_block}")
-        dim = num_attention_heads * attention_head_dim
-
         self.interaction = None
         if use_interaction:
             self.interaction = InteractionModule(num_attention_heads, attention_head_dim, mlp_ratio, qk_norm,
@@ -94,10 +92,9 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
                 self.transformer_blocks[interaction_block].attn.set_processor(InteractionAttnProcessor())
 
         self.identity_injection = None
-        if injection == "cross_attention":
-            self.identity_injection = nn.ModuleList(IdentityInjection(dim, injection_ffn_mult) for _ in range(num_layers))
-        elif injection == "adapter":
-            self.identity_injection = nn.ModuleList(AdapterInjection(dim) for _ in range(num_layers))
+        if self.injection_strategy.per_block:
+            self.identity_injection = nn.ModuleList(self.injection_strategy.build(block, self.config)
+                                                    for block in self.transformer_blocks)
 
         if lora_rank > 0 and self.lora_target_modules():
             from peft import LoraConfig
@@ -108,6 +105,11 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
                 adapter_name=ADAPTER_NAME,
             )
 
+    @property
+    def injection_strategy(self):
+        """The registry's class for config.injection (injection.INJECTION_STRATEGIES)."""
+        return INJECTION_STRATEGIES[self.config.injection]
+
     # ----------------------------------------------------------------------------- parameters
     def lora_target_modules(self) -> str:
         """A regex on full module names (peft fullmatches it): exactly the modules PolyVivid adapts."""
@@ -117,8 +119,8 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             block = r"interaction\.block" if cfg.interaction_weights == "copy" else rf"transformer_blocks\.{cfg.interaction_block}"
             parts.append(block + r"\.(attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)"
                                  r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2))")
-        if cfg.injection in ("cross_attention", "token_concat"):
-            parts.append(r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)")
+        if self.injection_strategy.lora_targets:
+            parts.append(r"transformer_blocks\.\d+\." + self.injection_strategy.lora_targets)
         return "|".join(f"({p})" for p in parts)
 
     def polyvivid_parameter_names(self) -> list[str]:
@@ -126,7 +128,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         return [n for n, _ in self.named_parameters()
                 if f".{ADAPTER_NAME}." in n and "lora_" in n or n.startswith("identity_injection.")]
 
-    TRAINABLE_GROUPS = ("identity_injection", "lora_interaction", "lora_blocks")
+    TRAINABLE_GROUPS = TRAINABLE_GROUPS
 
     @staticmethod
     def parameter_group(name: str) -> str:
@@ -326,7 +328,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
 
         n_video = video.shape[1]
         video_mask = torch.ones(batch, n_video, dtype=torch.bool, device=device)
-        if cfg.injection == "token_concat":
+        if self.injection_strategy.appends_subject_tokens:
             concat_cos, concat_sin = self._concat_rope(n_subjects, sub_h, sub_w, device)
             video = torch.cat([video, subjects], dim=1)
             video_rope = (torch.cat([video_rope[0], concat_cos]), torch.cat([video_rope[1], concat_sin]))

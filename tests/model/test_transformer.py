@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
-from polyvivid.model.transformer import INJECTION_STRATEGIES, PolyVividTransformer
+from polyvivid.model.options import INJECTION_STRATEGIES
+from polyvivid.model.transformer import PolyVividTransformer
 from tests.model.conftest import TINY, tiny_inputs, tiny_transformer, without_subjects
 
 BASE_KEYS = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
