@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from polyvivid.api import CurationJob, PolyVividService, PolyVividTraining
 from polyvivid.api.common import format_validation_error
+from polyvivid.api.curation import CURATION_STAGES
 
 from .children.rayservice import worker_bounds
 from .config import OperatorConfig
@@ -97,7 +98,7 @@ def check_curation(spec, config: OperatorConfig) -> None:
         raise InvalidSpec("spec.rayAddress: the operator runs curation on a RayCluster of its own; leave it unset")
     if worker.gpus > max_gpus:
         raise InvalidSpec(f"spec.worker.gpus: {worker.gpus} GPUs per worker requested, the largest node has {max_gpus}")
-    for stage in ("caption", "grounding", "segmentation"):
+    for stage in (s.name for s in CURATION_STAGES if s.actor_pool):
         res = getattr(spec, stage).resources
         if spec.workers and res.gpus > worker.gpus:
             raise InvalidSpec(f"spec.{stage}.resources.gpus: an actor needs {res.gpus} GPUs, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -100,9 +101,40 @@ class CurationSpec(ApiModel):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
 
 
+@dataclass(frozen=True)
+class CurationStage:
+    """One step of `polyvivid curate`. Its name is its one spelling: the CurationSpec field that
+    configures it (where it has settings), the stage in summary.json and in a reject, the metrics tag."""
+
+    name: str
+    runner: str | None  # the function or actor class in polyvivid.data.curation; None: runs inside the previous runner
+    what: str
+    actor_pool: bool = False  # a pool of Ray actors sized by spec.<name>.resources; else light CPU tasks
+    fans_out: bool = False  # one row in (a video), many out (its clips)
+
+
+# In pipeline order: read by the pipeline (polyvivid/data/curation.py), the operator's validation and
+# the docs. A new stage is an entry here (with its settings model in CurationSpec) and its runner.
+CURATION_STAGES = (
+    CurationStage("split", "split_and_filter", "decode, cut at shot changes, keep clips within the length range",
+                  fans_out=True),
+    CurationStage("filters", None, "crop black borders, drop transitions and static clips, resample fps"),
+    CurationStage("caption", "CaptionStage", "caption files beside the video, else the MLLM; subject phrases",
+                  actor_pool=True),
+    CurationStage("grounding", "GroundingStage", "Florence-2 box of every phrase on sampled frames", actor_pool=True),
+    CurationStage("segmentation", "SegmentationStage",
+                  "SAM2 in each box, largest object, cut-out; CLIP score vs the phrase (clipScore)", actor_pool=True),
+    CurationStage("consolidation", None, "maximum cliques of CLIP features; the first kept clique is the subject"),
+    CurationStage("write", "write_clip", "clip, subject images, manifest.jsonl and summary.json to the output"),
+)
+CURATION_STAGE_NAMES = tuple(stage.name for stage in CURATION_STAGES)
+
+
 class CurationJob(ApiModel):
     api_version: Literal["polyvivid.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["CurationJob"] = "CurationJob"
     metadata: ObjectMeta
     spec: CurationSpec
+    # written by the operator; its schema is status.CurationStatus (see crds.py). Not validated with the spec:
+    # a spec is never refused over what its status says
     status: dict | None = None

@@ -1,13 +1,8 @@
 """`polyvivid curate`: raw videos -> the multi-subject dataset (paper section 3, appendix A.3), on Ray.
 
-Stages, as Ray Data operations (model stages are actor pools with the spec's CPUs/GPUs per actor):
-  1 split      decode, cut at shot changes, keep clips within the length range     (CPU tasks)
-  2 filter     crop black borders, drop transitions and static clips, resample fps (same tasks)
-  3 caption    caption files beside the video, else the MLLM; subject phrases      (actor pool)
-  4 ground     Florence-2 box of every phrase on sampled frames                    (actor pool)
-  5 segment    SAM2 in each box, largest object, cut-out; CLIP score vs the phrase (actor pool)
-  6 consolidate  maximum cliques of CLIP features; the first kept clique is the subject
-  7 write      clip, subject images, manifest.jsonl and summary.json to the output
+The stages and their order are api.curation.CURATION_STAGES; each names its runner here (a function
+run as light CPU tasks, or a model stage class run as a pool of Ray actors with the spec's CPUs/GPUs per
+actor). `polyvivid curate --help` lists them.
 
 A row that fails a stage is not dropped silently: it carries `reject` (stage and reason) through the
 remaining stages, and summary.json lists every reject. Each finished video leaves a marker under
@@ -25,7 +20,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from ..api.curation import CurationSpec
+from ..api.curation import CURATION_STAGES, CurationSpec
 from ..storage import ObjectNotFound, StorageError, open_store
 from ..telemetry import CURATION
 from ..video import png_bytes
@@ -36,7 +31,6 @@ from .shots import (
 
 log = logging.getLogger("polyvivid.curate")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm")
-STAGES = ("split", "filter", "caption", "ground", "segment", "consolidate", "write")
 SUMMARY = "summary.json"
 
 
@@ -89,7 +83,7 @@ def _timed(row: dict, stage: str, started: float) -> dict:
     return row
 
 
-# ---------------------------------------------------------------------------------------- 1-2
+# ---------------------------------------------------------------------------------------- split, filters
 _HOOKS: dict = {}
 
 
@@ -134,27 +128,27 @@ def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
         base = {"video": key, "clip": clip_id(key, i), "sidecar": sidecar}
         top, bottom, left, right = black_border_box(frames, filters.black_border_threshold)
         if bottom - top < 16 or right - left < 16:
-            out.append(rejected(base, "filter", "black frames"))
+            out.append(rejected(base, "filters", "black frames"))
             continue
         frames = frames[:, top:bottom, left:right]
         if has_transition(frames, filters.transition_threshold):
-            out.append(rejected(base, "filter", "transition (fade or dissolve)"))
+            out.append(rejected(base, "filters", "transition (fade or dissolve)"))
             continue
         motion = motion_score(frames)
         if motion < filters.min_motion:
-            out.append(rejected(base, "filter", f"static (motion {motion:.2f} < {filters.min_motion})"))
+            out.append(rejected(base, "filters", f"static (motion {motion:.2f} < {filters.min_motion})"))
             continue
         frames = subsample(frames, video.fps, split.sample_fps)
         reason = hooks.reason_to_drop(frames) if hooks is not None else None
         if reason:
-            out.append(rejected(base, "filter", reason))
+            out.append(rejected(base, "filters", reason))
             continue
         out.append(_timed({**base, "frames": frames, "fps": min(split.sample_fps, video.fps),
-                           "border": [top, bottom, left, right]}, "split+filter", started))
+                           "border": [top, bottom, left, right]}, "split", started))  # split and filters, timed together
     return out
 
 
-# ---------------------------------------------------------------------------------------- 3-6
+# ---------------------------------------------------------------------------------------- caption, grounding, segmentation, consolidation
 def sample_frames(frames: np.ndarray, count: int) -> list[int]:
     return sorted(set(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int).tolist()))
 
@@ -201,7 +195,7 @@ class CaptionStage(_ModelStage):
         return _timed(row, "caption", started)
 
 
-class GroundStage(_ModelStage):
+class GroundingStage(_ModelStage):
     def __init__(self, spec: CurationSpec):
         from .grounding import Grounder
 
@@ -219,10 +213,10 @@ class GroundStage(_ModelStage):
                 detections.append({"phrase": phrase, "frame": index, "box": box.as_list(), "score": box.score})
         row["detections"] = detections
         row["sampled_frames"] = len(frames)
-        return _timed(row, "ground", started)
+        return _timed(row, "grounding", started)
 
 
-class SegmentStage(_ModelStage):
+class SegmentationStage(_ModelStage):
     """SAM2 cut-outs, their CLIP score against the phrase, and clique consolidation per phrase
     (CLIP runs in the same actors as SAM2: it is small and needs the cut-outs they make)."""
 
@@ -245,7 +239,7 @@ class SegmentStage(_ModelStage):
             if mask.sum() < 16:
                 continue
             kept.append({**det, "image": cut_out(Image.fromarray(row["frames"][det["frame"]]), mask)})
-        row = _timed(row, "segment", started)
+        row = _timed(row, "segmentation", started)
         started = time.perf_counter()
         subjects, reasons = [], []
         for phrase in row["phrases"]:
@@ -267,13 +261,13 @@ class SegmentStage(_ModelStage):
             subjects.append({"phrase": phrase, "images": [png_bytes(passing[i][0]["image"]) for i in best],
                              "clip_score": round(float(np.mean([passing[i][1] for i in best])), 4)})
         if not subjects:
-            return rejected(row, "consolidate", "; ".join(reasons) or "no subjects")
+            return rejected(row, "consolidation", "; ".join(reasons) or "no subjects")
         row["subjects"] = subjects
         row["dropped_subjects"] = reasons
-        return _timed(row, "consolidate", started)
+        return _timed(row, "consolidation", started)
 
 
-# ---------------------------------------------------------------------------------------- 7
+# ---------------------------------------------------------------------------------------- write
 def write_clip(row: dict, spec: CurationSpec) -> dict:
     """Clip and subject images to the output; the row becomes its manifest record."""
     if "reject" in row:
@@ -354,13 +348,17 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
         # Every row is one python object under "item": rows differ in shape (clips, rejects), and an
         # Arrow schema per stage would only get in the way.
         ds = ray.data.from_items([{"item": {"video": k}} for k in todo])
-        ds = ds.flat_map(_each(split_and_filter), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK)
-        for stage_cls, stage in ((CaptionStage, spec.caption), (GroundStage, spec.grounding),
-                                 (SegmentStage, spec.segmentation)):
-            res = stage.resources
-            ds = ds.map(_actor(stage_cls), fn_constructor_kwargs={"spec": spec}, concurrency=res.actors,
-                        num_cpus=res.cpus, num_gpus=res.gpus or None)
-        ds = ds.map(_one(write_clip), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK)
+        for stage in CURATION_STAGES:
+            runner = globals()[stage.runner] if stage.runner else None
+            if runner is None:
+                continue
+            if stage.actor_pool:
+                res = getattr(spec, stage.name).resources
+                ds = ds.map(_actor(runner), fn_constructor_kwargs={"spec": spec}, concurrency=res.actors,
+                            num_cpus=res.cpus, num_gpus=res.gpus or None)
+            else:
+                ds = (ds.flat_map(_each(runner), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK) if stage.fans_out
+                      else ds.map(_one(runner), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK))
         rows = [r["item"] for r in ds.take_all()]
 
     by_video: dict[str, list[dict]] = {k: [] for k in todo}
@@ -384,8 +382,8 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
     by_stage = Counter(r["stage"] for r in rejects)
     # Rows into and out of every stage: videos into split, clips from then on.
     counts, flowing = {}, len(videos)
-    for stage in STAGES:
-        if stage == "split":
+    for stage in (s.name for s in CURATION_STAGES):
+        if stage == CURATION_STAGES[0].name:
             out_count = len(records) + sum(n for s, n in by_stage.items() if s != "split")
         else:
             out_count = flowing - by_stage.get(stage, 0)

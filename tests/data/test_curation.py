@@ -106,7 +106,7 @@ def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_pa
     assert summary["videos"] == 5 and summary["clips_written"] == 3
     reasons = {(r["video"], r["stage"]): r["reason"] for r in summary["rejects"]}
     assert "undecodable" in reasons[("corrupt.mp4", "split")]
-    assert reasons[("static.mp4", "filter")].startswith("static")
+    assert reasons[("static.mp4", "filters")].startswith("static")
     assert ("uncaptioned.mp4", "caption") in reasons
     assert summary["stages"]["split"]["in"] == 5 and summary["stages"]["write"]["out"] == 3
     assert all(summary["stages"][s]["out"] <= summary["stages"][s]["in"] for s in summary["stages"] if s != "split")
@@ -146,7 +146,7 @@ def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_pa
     while totals().get(("write", "passed")) != 3 and time.time() < deadline:
         time.sleep(2)
     counted = totals()
-    assert counted.get(("write", "passed")) == 3 and counted.get(("filter", "rejected")) == 1, counted
+    assert counted.get(("write", "passed")) == 3 and counted.get(("filters", "rejected")) == 1, counted
     assert counted.get(("split", "rejected")) == 1 and counted.get(("caption", "rejected")) == 1, counted
     assert "ray_polyvivid_curate_stage_seconds_bucket" in scrape()
 

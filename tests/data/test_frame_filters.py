@@ -52,5 +52,5 @@ def test_split_and_filter_rejects_with_the_hook_reason(tmp_path):
                                    "filters": {"watermarkDetector": {"preset": "tiny"}, "detectorThreshold": 0.01}}},
                          CurationJob).spec
     rows = split_and_filter({"video": "v.mp4"}, spec)
-    assert [r["reject"]["stage"] for r in rows] == ["filter"]
+    assert [r["reject"]["stage"] for r in rows] == ["filters"]
     assert rows[0]["reject"]["reason"].startswith("watermark detected")
