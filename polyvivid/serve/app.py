@@ -37,8 +37,8 @@ from ..api.service import Limits, ServiceSpec
 from ..storage import ObjectNotFound, S3Store, StorageError, open_store, with_retries
 from ..telemetry import SERVING
 from .config import TOKEN_ENV
-from .jobs import RECORD_WITHIN_S, JobNotFound, JobStore
-from .schema import (TERMINAL, JobAccepted, JobView, RequestRejected, VideoRequest, check_request, error_responses,
+from .jobs import RECORD_WITHIN_S, JobNotFound, JobRecord, JobStore
+from .schema import (JobAccepted, JobView, RequestRejected, VideoRequest, check_request, error_responses,
                      parse_body)
 
 log = logging.getLogger("polyvivid.serve")
@@ -104,26 +104,26 @@ class Generator:
         jobs = self.jobs
         try:
             record = with_retries(jobs.read, job_id, what=f"read job {job_id}")
-            if record["status"] in TERMINAL:
-                return {"status": record["status"]}
+            if record.ended:
+                return {"status": record.status}
             subjects = [(s.name, Image.open(io.BytesIO(s.image)).convert("RGB"))
                         for s in with_retries(jobs.subject_images, record, what=f"read the images of job {job_id}")]
             if jobs.cancel_requested(job_id):
-                record.update(status="cancelled", finished_at=time.time())
+                record.status, record.finished_at = "cancelled", time.time()
                 return self._record_end(record)
-            record.update(status="running", started_at=time.time(), progress=0.0)
+            record.status, record.started_at, record.progress = "running", time.time(), 0.0
             with_retries(jobs.write, record, what=f"write job {job_id}")
         except JobNotFound:
             return {"status": "not_found"}
         except StorageError as e:
             log.warning("job %s not started, the store is unavailable: %s", job_id, e)
             return {"status": "not_started"}
-        req = record["request"]
+        req = record.request
         warned = False  # progress and cancel checks are best effort: an outage must not fail the job
 
         def on_step(step: int, total: int) -> None:
             nonlocal warned
-            record["progress"] = round(0.99 * step / total, 4)  # 1.0 only once the video is stored
+            record.progress = round(0.99 * step / total, 4)  # 1.0 only once the video is stored
             try:
                 if jobs.cancel_requested(job_id):
                     raise JobCancelled
@@ -135,39 +135,40 @@ class Generator:
 
         start = time.perf_counter()
         try:
-            frames = self.pipe(req["prompt"], subjects, num_frames=req["num_frames"], height=req["height"],
-                               width=req["width"], num_inference_steps=req["steps"], guidance_scale=req["guidance"],
-                               generator=torch.Generator().manual_seed(req["seed"]), callback=on_step)
+            frames = self.pipe(req.prompt, subjects, num_frames=req.num_frames, height=req.height,
+                               width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
+                               generator=torch.Generator().manual_seed(req.seed), callback=on_step)
             video = encode_mp4(frames, fps=FPS)
             with_retries(jobs.store.write_bytes, jobs.video_key(job_id), video, within_s=RECORD_WITHIN_S,
                          what=f"store the video of job {job_id}")
-            record.update(status="succeeded", progress=1.0)
+            record.status, record.progress = "succeeded", 1.0
             self.generated.inc()
             self.seconds.observe(time.perf_counter() - start)
         except JobCancelled:
-            record["status"] = "cancelled"
+            record.status = "cancelled"
         except InvalidRequest as e:  # what only the model knows, e.g. its own subject limit
-            record.update(status="failed", error=str(e))
+            record.status, record.error = "failed", str(e)
         except StorageError as e:
             log.error("job %s: video not stored: %s", job_id, e)
-            record.update(status="failed", error=f"the video could not be stored (the store was unavailable "
-                                                  f"for {RECORD_WITHIN_S:g} s); submit the job again")
+            record.status = "failed"
+            record.error = (f"the video could not be stored (the store was unavailable for {RECORD_WITHIN_S:g} s); "
+                            "submit the job again")
         except Exception as e:  # the job ends failed with the reason; the replica lives on
             log.exception("job %s failed", job_id)
             first_line = (str(e).splitlines() or [""])[0]
-            record.update(status="failed", error=f"{e.__class__.__name__}: {first_line}"[:500])
+            record.status, record.error = "failed", f"{e.__class__.__name__}: {first_line}"[:500]
             if self.device == "cuda":
                 torch.cuda.empty_cache()
-        record["finished_at"] = time.time()
+        record.finished_at = time.time()
         return self._record_end(record)
 
-    def _record_end(self, record: dict) -> dict:
+    def _record_end(self, record: JobRecord) -> dict:
         try:
             self.jobs.write_lasting(record)
         except StorageError as e:
-            log.error("job %s ended %s but the store took no record: %s", record["id"], record["status"], e)
-            return {"status": record["status"], "error": record.get("error"), "recorded": False}
-        return {"status": record["status"]}
+            log.error("job %s ended %s but the store took no record: %s", record.id, record.status, e)
+            return {"status": record.status, "error": record.error, "recorded": False}
+        return {"status": record.status}
 
 
 # --------------------------------------------------------------------------------------------- ingress
@@ -352,9 +353,9 @@ class Ingress:
             log.exception("job reconciliation failed")
             return
         for record in records:
-            if record["id"] not in self.inflight and record["id"] not in self.unrecorded:
-                log.info("handing over job %s (%s)", record["id"], record["status"])
-                self._dispatch(record["id"])
+            if record.id not in self.inflight and record.id not in self.unrecorded:
+                log.info("handing over job %s (%s)", record.id, record.status)
+                self._dispatch(record.id)
 
     async def check_health(self) -> None:  # Serve calls this every few seconds: recovery needs no request
         await self._reconcile()
@@ -383,21 +384,21 @@ class Ingress:
                 raise RequestRejected(413, "request_too_large", f"request body over {limit} bytes")
         return bytes(body)
 
-    def _record(self, job_id: str) -> dict:
+    def _record(self, job_id: str) -> JobRecord:
         try:
             return self.jobs.read(job_id)
         except JobNotFound:
             raise RequestRejected(404, "not_found", f"no job {job_id!r}", "id") from None
 
-    def _view(self, record: dict, request: Request) -> dict:
+    def _view(self, record: JobRecord, request: Request) -> dict:
         url = None
-        if record["status"] == "succeeded":
-            key = self.jobs.video_key(record["id"])
+        if record.status == "succeeded":
+            key = self.jobs.video_key(record.id)
             url = self.jobs.store.url(key) if isinstance(self.jobs.store, S3Store) else \
-                str(request.url_for("video_content", job_id=record["id"]))
-        return JobView(id=record["id"], status=record["status"], progress=record["progress"], error=record["error"],
-                       video_url=url, created_at=record["created_at"], started_at=record.get("started_at"),
-                       finished_at=record.get("finished_at")).model_dump()
+                str(request.url_for("video_content", job_id=record.id))
+        return JobView(id=record.id, status=record.status, progress=record.progress, error=record.error,
+                       video_url=url, created_at=record.created_at, started_at=record.started_at,
+                       finished_at=record.finished_at).model_dump()
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -452,8 +453,8 @@ class Ingress:
         """The mp4 of a succeeded job."""
         self._authorize(request)
         record = await asyncio.to_thread(self._record, job_id)
-        if record["status"] != "succeeded":
-            raise RequestRejected(409, "not_ready", f"job is {record['status']}; the video exists once it succeeded")
+        if record.status != "succeeded":
+            raise RequestRejected(409, "not_ready", f"job is {record.status}; the video exists once it succeeded")
         data = await asyncio.to_thread(self.jobs.store.read_bytes, self.jobs.video_key(job_id))
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
@@ -464,10 +465,10 @@ class Ingress:
         """Cancel a queued or running job (a running one stops after its current denoising step)."""
         self._authorize(request)
         record = await asyncio.to_thread(self._record, job_id)
-        if record["status"] in TERMINAL:
-            raise RequestRejected(409, "finished", f"job already {record['status']}")
+        if record.ended:
+            raise RequestRejected(409, "finished", f"job already {record.status}")
         await asyncio.to_thread(self.jobs.request_cancel, job_id)
-        if record["status"] == "queued":  # not started: take it out of the queue now
+        if record.status == "queued":  # not started: take it out of the queue now
             dispatched = self.inflight.get(job_id)
             if dispatched is not None:
                 dispatched[0].cancel()

@@ -17,15 +17,18 @@ kept by the ingress and written once the store is back, so that every accepted j
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import time
 import uuid
 
-from ..storage import ArtifactStore, ObjectNotFound, with_retries
-from .schema import TERMINAL, Generation, Subject
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..storage import ArtifactStore, ObjectNotFound, with_retries
+from .schema import TERMINAL, Generation, JobState, Subject
+
+log = logging.getLogger("polyvivid.serve")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 # How long the generator keeps trying to store a job's video and final record through a store outage.
 RECORD_WITHIN_S = float(os.environ.get("POLYVIVID_JOB_RECORD_WITHIN_S", "60"))
@@ -33,6 +36,47 @@ RECORD_WITHIN_S = float(os.environ.get("POLYVIVID_JOB_RECORD_WITHIN_S", "60"))
 
 class JobNotFound(KeyError):
     pass
+
+
+class _Record(BaseModel):
+    # assignments are checked too: a record is changed field by field as the job goes on
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoredSubject(_Record):
+    name: str
+    image: str  # its key in the store: jobs/ID/subjects/K.EXT
+
+
+class JobSettings(_Record):
+    """What was asked for, with the service's defaults filled in (schema.Generation, as stored)."""
+
+    prompt: str
+    subjects: list[StoredSubject]
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int
+
+
+class JobRecord(_Record):
+    """jobs/ID/job.json."""
+
+    id: str
+    status: JobState = "queued"
+    progress: float = Field(0.0, ge=0, le=1)
+    error: str | None = None
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    request: JobSettings
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
 
 
 class JobStore:
@@ -52,52 +96,55 @@ class JobStore:
     def video_key(self, job_id: str) -> str:
         return self._key(job_id, "video.mp4")
 
-    def create(self, job_id: str, gen: Generation) -> dict:
+    def create(self, job_id: str, gen: Generation) -> JobRecord:
         subjects = []
         for k, s in enumerate(gen.subjects):
             key = self._key(job_id, f"subjects/{k}.{s.extension}")
             self.store.write_bytes(key, s.image)
-            subjects.append({"name": s.name, "image": key})
+            subjects.append(StoredSubject(name=s.name, image=key))
         now = time.time()
-        record = {"id": job_id, "status": "queued", "progress": 0.0, "error": None, "created_at": now,
-                  "updated_at": now, "started_at": None, "finished_at": None,
-                  "request": {**gen.settings(), "subjects": subjects}}
+        record = JobRecord(id=job_id, created_at=now, updated_at=now,
+                           request=JobSettings(**{**gen.settings(), "subjects": subjects}))
         self.write(record)
         return record
 
-    def write(self, record: dict) -> None:
-        record["updated_at"] = time.time()
-        self.store.write_text(self._key(record["id"], "job.json"), json.dumps(record))
+    def write(self, record: JobRecord) -> None:
+        record.updated_at = time.time()
+        self.store.write_text(self._key(record.id, "job.json"), record.model_dump_json())
 
-    def read(self, job_id: str) -> dict:
+    def read(self, job_id: str) -> JobRecord:
         try:
-            return json.loads(self.store.read_text(self._key(job_id, "job.json")))
+            return JobRecord.model_validate_json(self.store.read_text(self._key(job_id, "job.json")))
         except ObjectNotFound:
             raise JobNotFound(job_id) from None
+        except ValidationError as e:  # a damaged record must not stop the scan of the others, or the API
+            log.warning("job %s: job.json is damaged, treated as missing: %s", job_id, str(e).splitlines()[0])
+            raise JobNotFound(job_id) from None
 
-    def update(self, job_id: str, **fields) -> dict:
+    def update(self, job_id: str, **fields) -> JobRecord:
         record = self.read(job_id)
-        record.update(fields)
-        if fields.get("status") in TERMINAL:
-            record["finished_at"] = time.time()
+        for name, value in fields.items():
+            setattr(record, name, value)
+        if record.ended:
+            record.finished_at = time.time()
         self.write(record)
         return record
 
     def end_if_open(self, job_id: str, status: str, error: str | None) -> None:
         """Record an end unless the record has one already (or is gone)."""
         try:
-            if self.read(job_id)["status"] not in TERMINAL:
+            if not self.read(job_id).ended:
                 self.update(job_id, status=status, error=error)
         except JobNotFound:
             pass
 
-    def write_lasting(self, record: dict) -> None:
+    def write_lasting(self, record: JobRecord) -> None:
         """Write a record that must not be lost to a short outage (retried for RECORD_WITHIN_S)."""
-        with_retries(self.write, record, within_s=RECORD_WITHIN_S, what=f"write the record of job {record['id']}")
+        with_retries(self.write, record, within_s=RECORD_WITHIN_S, what=f"write the record of job {record.id}")
 
-    def subject_images(self, record: dict) -> list[Subject]:
-        return [Subject(s["name"], self.store.read_bytes(s["image"]), s["image"].rsplit(".", 1)[1])
-                for s in record["request"]["subjects"]]
+    def subject_images(self, record: JobRecord) -> list[Subject]:
+        return [Subject(s.name, self.store.read_bytes(s.image), s.image.rsplit(".", 1)[1])
+                for s in record.request.subjects]
 
     def request_cancel(self, job_id: str) -> None:
         self.store.write_text(self._key(job_id, "cancel"), str(time.time()))
@@ -105,7 +152,7 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.store.exists(self._key(job_id, "cancel"))
 
-    def unfinished(self) -> list[dict]:
+    def unfinished(self) -> list[JobRecord]:
         """Records not yet in a final state, oldest first (what a restarted ingress hands over again)."""
         records = []
         for key in self.store.list("jobs/"):
@@ -114,6 +161,6 @@ class JobStore:
                     record = self.read(key.split("/")[1])
                 except JobNotFound:
                     continue
-                if record["status"] not in TERMINAL:
+                if not record.ended:
                     records.append(record)
-        return sorted(records, key=lambda r: r["created_at"])
+        return sorted(records, key=lambda r: r.created_at)
