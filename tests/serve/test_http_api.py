@@ -264,7 +264,7 @@ def test_request_command_follows_the_job_and_writes_the_mp4(server, images, tmp_
         f"polyvivid: error: {server.url}: HTTP 401: missing or wrong bearer token"]
 
 
-def test_the_openapi_document_holds_what_the_server_does(server):
+def test_the_openapi_document_holds_what_the_server_does(server, tmp_path):
     """schemathesis (bounded) fuzzes every route from the served /openapi.json: no 5xx, every status,
     content type, header and body as documented, the token enforced, no dangling $ref (it refuses those).
     Left out: positive_data_acceptance (4k+1 frames and subject names in the prompt are rules JSON
@@ -285,7 +285,8 @@ def test_the_openapi_document_holds_what_the_server_does(server):
     run = subprocess.run([binary, "run", f"{server.url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
                           "--checks", "all", "--exclude-checks", "positive_data_acceptance,use_after_free",
                           "--max-examples", "25", "--seed", "7", "--no-color", "--generation-database", "none",
-                          "--request-timeout", "30"], capture_output=True, text=True, timeout=300)
+                          "--request-timeout", "30"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)  # its cache (.schemathesis/) goes there, not into the checkout
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "No issues found" in run.stdout
     client = server.client(TOKEN)  # what it queued ends before the next module's tests
