@@ -13,10 +13,11 @@ from typing import Any
 
 import aiohttp
 import kopf
+from polyvivid.api.crds import RESOURCES
 
-PLURALS = {"PolyVividTraining": "polyvividtrainings", "CurationJob": "curationjobs",
-           "PolyVividService": "polyvividservices", "PyTorchJob": "pytorchjobs", "RayJob": "rayjobs",
-           "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets"}
+# our kinds' plurals are the CRDs' (polyvivid.api.crds); the others are the ones the operator creates or reads
+PLURALS = {**{kind: resource.plural for kind, resource in RESOURCES.items()}, "PyTorchJob": "pytorchjobs",
+           "RayJob": "rayjobs", "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets"}
 USER_AGENT = "polyvivid-operator"
 
 

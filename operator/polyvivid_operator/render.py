@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .children import pytorchjob, rayjob, rayservice
 from .config import OperatorConfig
-from .validation import CHECKS, InvalidSpec, checked_spec
+from .kinds import KINDS, KindDescriptor, Output
+from .validation import InvalidSpec, checked_spec
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"  # the API server assigns the real one
 
@@ -29,42 +29,30 @@ def render(docs: list[dict], image: str, max_gpus_per_node: int = 8, namespace: 
     children: list[dict] = []
     for doc in docs:
         kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
-        if kind not in CHECKS:
+        if kind not in KINDS:
             continue
         if not isinstance(doc.get("metadata"), dict):
             raise InvalidSpec(f"{kind}: metadata: a mapping with the resource's name is required")
         owner = {**doc, "metadata": {**doc["metadata"], "namespace": doc["metadata"].get("namespace") or namespace,
                                      "uid": PLACEHOLDER_UID}}
         try:
-            children += _render_one(kind, owner, named, config)
+            checked_spec(owner, config)
+            children += KINDS[kind].build_children(owner, _resolve(KINDS[kind], owner, named), config)
         except InvalidSpec as e:
             raise InvalidSpec(f"{kind}/{name}: {e}") from None
     return children
 
 
-def _referenced(named: dict, kind: str, name: str, field: str, meanwhile: str) -> dict:
-    doc = named.get((kind, name))
-    if doc is None:
-        raise InvalidSpec(f"{field}: {kind} {name!r} is not in the files given (the operator would {meanwhile})")
-    return doc
-
-
-def _render_one(kind: str, owner: dict, named: dict, config: OperatorConfig) -> list[dict]:
-    spec = checked_spec(owner, config)
-    image, s3_endpoint = config.image, config.s3_endpoint
-    if kind == "PolyVividTraining":
-        dataset_uri = None
-        if spec.dataset.curation_job:
-            curation = _referenced(named, "CurationJob", spec.dataset.curation_job, "spec.dataset.curationJob",
-                                   "wait for it")
-            dataset_uri = curation["spec"]["output"]
-        return [pytorchjob.render_configmap(owner),
-                pytorchjob.render_pytorchjob(owner, image, dataset_uri, s3_endpoint)]
-    if kind == "CurationJob":
-        return [rayjob.render_configmap(owner), rayjob.render_rayjob(owner, image, s3_endpoint)]
-    model_uri = None
-    if spec.model.training:
-        training = _referenced(named, "PolyVividTraining", spec.model.training, "spec.model.training",
-                               "serve its final weights once it succeeded")
-        model_uri = f"{training['spec']['output'].rstrip('/')}/final"
-    return [rayservice.render_rayservice(owner, image, model_uri, s3_endpoint=s3_endpoint)]
+def _resolve(kind: KindDescriptor, owner: dict, named: dict) -> dict[str, Output]:
+    """The outputs of the resources the spec names, by their kind: what the documents given will produce."""
+    resolved = {}
+    for dep in kind.dependencies:
+        name = dep.target(owner)
+        if name is None:
+            continue
+        doc = named.get((dep.kind, name))
+        if doc is None:
+            raise InvalidSpec(f"{dep.path}: {dep.kind} {name!r} is not in the files given "
+                              f"(the operator would {dep.meanwhile})")
+        resolved[dep.kind] = dep.planned(doc)
+    return resolved

@@ -5,11 +5,13 @@ Pydantic's JSON Schema (2020-12) becomes Kubernetes' structural OpenAPI v3.0 sub
 `X | None` as `nullable`, numeric exclusive bounds as OpenAPI 3.0 booleans, Literals as enums,
 defaults kept (the API server applies them), titles and `additionalProperties: false` dropped
 (the API server prunes unknown fields itself). Rules a schema cannot say (exactly one of ...) stay
-in the pydantic validators and come back as status conditions from the operator.
+in the pydantic validators and come back as status conditions from the operator. The status schema
+comes from each kind's status model (status.py), which is also what the operator writes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -17,26 +19,38 @@ from pydantic import BaseModel
 from .common import GROUP, VERSION
 from .curation import CurationJob
 from .service import PolyVividService
+from .status import CurationStatus, ResourceStatus, ServiceStatus, TrainingStatus
 from .training import PolyVividTraining
 
-# kind -> (model, plural, short name, printer columns)
-RESOURCES: dict[str, tuple[type[BaseModel], str, str, list[dict]]] = {
-    "PolyVividTraining": (PolyVividTraining, "polyvividtrainings", "pvt", [
+
+@dataclass(frozen=True)
+class Resource:
+    """One kind's CRD: its model (the spec), its status model, its names, its printer columns."""
+
+    model: type[BaseModel]
+    status: type[ResourceStatus]
+    plural: str
+    short_name: str
+    columns: tuple[dict, ...]
+
+
+RESOURCES: dict[str, Resource] = {
+    "PolyVividTraining": Resource(PolyVividTraining, TrainingStatus, "polyvividtrainings", "pvt", (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.loss", "priority": 1},
-    ]),
-    "CurationJob": (CurationJob, "curationjobs", "cj", [
+    )),
+    "CurationJob": Resource(CurationJob, CurationStatus, "curationjobs", "cj", (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Clips", "type": "integer", "jsonPath": ".status.clipsWritten"},
         {"name": "Videos", "type": "integer", "jsonPath": ".status.videos", "priority": 1},
-    ]),
-    "PolyVividService": (PolyVividService, "polyvividservices", "pvs", [
+    )),
+    "PolyVividService": Resource(PolyVividService, ServiceStatus, "polyvividservices", "pvs", (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-    ]),
+    )),
 }
 AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
@@ -88,11 +102,17 @@ def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string"}[type(value)]
 
 
-def crd(kind: str) -> dict[str, Any]:
-    model, plural, short, columns = RESOURCES[kind]
+def _schema(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
     schema = model.model_json_schema(by_alias=True, mode="validation")
-    defs = schema.get("$defs", {})
+    return schema, schema.get("$defs", {})
+
+
+def crd(kind: str) -> dict[str, Any]:
+    resource = RESOURCES[kind]
+    model, plural = resource.model, resource.plural
+    schema, defs = _schema(model)
     spec = structural(schema["properties"]["spec"], defs)
+    status = structural(*_schema(resource.status))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -101,11 +121,11 @@ def crd(kind: str) -> dict[str, Any]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
-                      "shortNames": [short], "categories": ["polyvivid"]},
+                      "shortNames": [resource.short_name], "categories": ["polyvivid"]},
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": [*columns, AGE],
+                "additionalPrinterColumns": [*resource.columns, AGE],
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
                     "description": (model.__doc__ or kind).strip().splitlines()[0],
@@ -115,7 +135,7 @@ def crd(kind: str) -> dict[str, Any]:
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
                         "spec": spec,
-                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        "status": status,
                     },
                 }},
             }],
@@ -125,4 +145,4 @@ def crd(kind: str) -> dict[str, Any]:
 
 def all_crds() -> dict[str, dict[str, Any]]:
     """file name -> CRD, in the layout of manifests/crds."""
-    return {f"{GROUP}_{RESOURCES[kind][1]}.yaml": crd(kind) for kind in RESOURCES}
+    return {f"{GROUP}_{resource.plural}.yaml": crd(kind) for kind, resource in RESOURCES.items()}

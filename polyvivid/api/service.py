@@ -106,4 +106,6 @@ class PolyVividService(ApiModel):
     kind: Literal["PolyVividService"] = "PolyVividService"
     metadata: ObjectMeta
     spec: ServiceSpec
+    # written by the operator; its schema is status.ServiceStatus (see crds.py). Not validated with the spec:
+    # a spec is never refused over what its status says
     status: dict | None = None

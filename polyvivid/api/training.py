@@ -217,4 +217,6 @@ class PolyVividTraining(ApiModel):
     kind: Literal["PolyVividTraining"] = "PolyVividTraining"
     metadata: ObjectMeta
     spec: TrainingSpec
+    # written by the operator; its schema is status.TrainingStatus (see crds.py). Not validated with the spec:
+    # a spec is never refused over what its status says
     status: dict | None = None

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pydantic import ValidationError
+
 from polyvivid.api import CurationJob, PolyVividService, PolyVividTraining, SpecError, load_resource
-from polyvivid.api.crds import all_crds
+from polyvivid.api.crds import RESOURCES, all_crds, crd
+from polyvivid.api.status import ServiceStatus, TrainingStatus
 from polyvivid.cli import main
 
 from ..openapi import crd_validator
@@ -51,6 +54,36 @@ def test_schemas_are_structural(name):
             assert forbidden not in node, (path, forbidden)
         assert node.get("additionalProperties") is not False, path
         assert not isinstance(node.get("exclusiveMinimum"), (int, float)) or isinstance(node["exclusiveMinimum"], bool)
+
+
+# the one field of each status that holds free-form workload output (a map the schema does not type)
+FREE_FORM = {"PolyVividTraining": {".evaluation"}, "CurationJob": {".stages"}, "PolyVividService": set()}
+
+
+@pytest.mark.parametrize("kind", sorted(RESOURCES))
+def test_status_schemas_are_typed(kind):
+    """The status is the kind's model in polyvivid.api.status, not a map that keeps anything; the printer
+    columns read typed fields of it."""
+    (version,) = crd(kind)["spec"]["versions"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["type"] == "object" and not status.get("x-kubernetes-preserve-unknown-fields")
+    assert {"phase", "observedGeneration", "conditions"} <= set(status["properties"])
+    assert "enum" in status["properties"]["phase"]
+    assert {path for path, node in _nodes(status) if node.get("x-kubernetes-preserve-unknown-fields")} == FREE_FORM[kind]
+    for column in version["additionalPrinterColumns"]:
+        if column["jsonPath"].startswith(".status."):
+            assert status["properties"][column["jsonPath"].split(".")[2]]["type"] == column["type"], column
+
+
+def test_status_models_refuse_what_their_schema_would_not_keep():
+    running = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False", "reason": "JobRunning",
+                                                   "message": "training", "lastTransitionTime": "2026-11-24T00:00:00Z"}]}
+    assert TrainingStatus.model_validate(running).conditions[0].last_transition_time == "2026-11-24T00:00:00Z"
+    for bad in ({**running, "unknown": 1}, {**running, "phase": "Ready"}, {**running, "loss": float("nan")}):
+        with pytest.raises(ValidationError):
+            TrainingStatus.model_validate(bad)
+    with pytest.raises(ValidationError):
+        ServiceStatus(phase="Succeeded")  # a training's phase, not a service's
 
 
 def _validator(kind: str):

@@ -229,6 +229,10 @@ class ApiServer(KubernetesEmulator):
         return {"apiVersion": api_version, "kind": f"{kind}List", "metadata": {"resourceVersion": str(self._rv)},
                 "items": self._selected(request)}
 
+    def history(self, group: str) -> list[dict]:
+        """Every version of the group's objects that was stored, oldest first (what watches were sent)."""
+        return [copy.deepcopy(event["object"]) for _, (g, _), event in self._log if g == group]
+
     # ------------------------------------------------------------------ writes
     def _emit(self, kind: str, group_plural: tuple[str, str], obj: dict) -> None:
         event = {"type": kind, "object": copy.deepcopy(obj)}

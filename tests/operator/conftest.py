@@ -9,14 +9,20 @@ import contextlib
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 import requests
 import yaml
 from kopf.testing import KopfRunner
+from pydantic import ValidationError
+
+from polyvivid.api.common import GROUP
+from polyvivid.api.crds import RESOURCES
 
 from ..conftest import free_port
 from ..kube.apiserver import RunningApiServer
 from ..kube.client import Kube
+from ..openapi import as_jsonschema, crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_KINDS = [("kubeflow.org/v1", "pytorchjobs", "PyTorchJob"), ("ray.io/v1", "rayjobs", "RayJob"),
@@ -27,11 +33,32 @@ def our_crds() -> list[dict]:
     return [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "manifests" / "crds").glob("*.yaml"))]
 
 
+def status_problems(server: RunningApiServer) -> list[str]:
+    """Every status the operator wrote (each version stored) against its kind's status model, unknown
+    fields refused, and the CRD's status schema: what a real API server would reject or prune. The
+    emulator stores any status, so a handler writing a field the schema lacks shows up only here."""
+    schemas = {crd["spec"]["names"]["kind"]: crd_schema(crd, "v1alpha1")["properties"]["status"] for crd in our_crds()}
+    validators = {kind: jsonschema.Draft4Validator(as_jsonschema(schema)) for kind, schema in schemas.items()}
+    problems = []
+    for obj in server.api.history(GROUP):
+        if "status" not in obj:
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']} status"
+        try:
+            RESOURCES[obj["kind"]].status.model_validate(obj["status"])
+        except ValidationError as e:
+            problems.append(f"{where}: {e}")
+        problems += [f"{where}.{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                     for e in validators[obj["kind"]].iter_errors(obj["status"])]
+    return problems
+
+
 @pytest.fixture
 def apiserver(tmp_path, monkeypatch):
     with RunningApiServer(tmp_path, our_crds(), CHILD_KINDS) as server:
         monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig))
         yield server
+        assert status_problems(server) == []
 
 
 @pytest.fixture

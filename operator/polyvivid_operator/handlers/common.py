@@ -1,5 +1,7 @@
 """What every kind's handlers share: one reconcile at a time per resource, InvalidSpec handling, the
-status write (phase, Ready condition, observedGeneration), Events on phase transitions, metrics.
+resources a spec names (kinds.Dependency: waiting for them, and reconciling their dependents when
+they change), the status write (the kind's status model with its Ready condition and
+observedGeneration), Events on phase transitions, metrics.
 
 Reconciling is level-based: each kind's `reconcile(body, ctx)` reads the resource, its
 dependencies and its children's status as they are now, applies the children it should have, and
@@ -12,18 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
 
 import kopf
-from polyvivid.api.common import API_VERSION, GROUP, VERSION
+from polyvivid.api.common import API_VERSION, GROUP, VERSION, ApiModel, format_validation_error
+from polyvivid.api.status import Condition, ResourceStatus
+from pydantic import ValidationError
 
 from .. import metrics
 from ..children.common import MANAGED_BY
 from ..conditions import set_condition
 from ..config import SYNC_INTERVAL_S, OperatorConfig
-from ..kube import ApiError, Kube, contains
-from ..validation import InvalidSpec, checked_spec
+from ..kinds import KINDS, KindDescriptor, Output, dependents, phase_of
+from ..kube import PLURALS, ApiError, Kube, contains
+from ..validation import InvalidSpec, checked_spec, require_s3_uri
 
 READY = "Ready"
 WARNING_PHASES = {"Failed", "Invalid"}
@@ -31,11 +36,22 @@ WARNING_PHASES = {"Failed", "Invalid"}
 
 @dataclass
 class Result:
-    phase: str
+    status: ResourceStatus  # the kind's status model; write_status adds the Ready condition and observedGeneration
     ready: bool
     reason: str
     message: str
-    fields: dict[str, Any] = field(default_factory=dict)  # more status fields (children, progress, ...)
+
+    @property
+    def phase(self) -> str:
+        return self.status.phase
+
+
+class Waiting(Exception):
+    """A resource the spec names has not produced its output yet: phase Waiting, Ready=False with `reason`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -43,6 +59,11 @@ class Context:
     kube: Kube
     config: OperatorConfig
     logger: Any
+
+
+Reconcile = Callable[[dict, Context], Awaitable[Result]]
+RECONCILERS: dict[str, Reconcile] = {}  # kind -> its reconcile(body, ctx), registered by declare_handlers
+Part = TypeVar("Part", bound=ApiModel)
 
 
 def secret_forbidden(what: str, namespace: str, name: str) -> InvalidSpec:
@@ -73,6 +94,36 @@ async def spec_for(body: dict, ctx: Context):
     return spec
 
 
+async def resolve(ctx: Context, body: dict, kind: KindDescriptor) -> dict[str, Output]:
+    """The outputs of the resources the spec names, by their kind: InvalidSpec when one does not exist,
+    Waiting until it has succeeded."""
+    ns = body["metadata"]["namespace"]
+    resolved = {}
+    for dep in kind.dependencies:
+        name = dep.target(body)
+        if name is None:
+            continue
+        obj = await ctx.kube.get(API_VERSION, dep.kind, ns, name)
+        if obj is None:
+            raise InvalidSpec(f"{dep.path}: {dep.kind} {name!r} not found in namespace {ns!r}")
+        output = dep.produced(obj)
+        if output is None:
+            raise Waiting(*dep.waiting(name, phase_of(obj)))
+        # another resource's spec, or what its workload wrote, chose this URI: checked like one in this spec
+        require_s3_uri(f"{dep.path} ({dep.kind} {name} {dep.source})", output.uri)
+        resolved[dep.kind] = output
+    return resolved
+
+
+def workload_output(part: type[Part], values: dict[str, Any], source: str) -> tuple[Part, str]:
+    """Status fields copied from a file the workload wrote (`source`), as their part of the status model;
+    none, and why, when they do not fit it: the API server would refuse the whole status."""
+    try:
+        return part(**{k: v for k, v in values.items() if v is not None}), ""
+    except ValidationError as e:
+        return part(), f"{source} not usable: {format_validation_error(e)}"
+
+
 async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
     for child in children:
@@ -82,46 +133,64 @@ async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     return {child["kind"]: child["metadata"]["name"] for child in children}
 
 
-async def reconcile_resource(kind: str, namespace: str, name: str,
-                             reconcile: Callable[[dict, Context], Awaitable[Result]],
-                             memo: kopf.Memo, logger) -> tuple[dict, Result] | None:
-    """Reconcile one resource (fresh from the API server) and write its status: (the status it had
-    before, the result), or None if it is gone."""
+async def reconcile_named(kind: str, namespace: str, name: str, memo: kopf.Memo, logger) -> None:
+    """Reconcile one resource, then the resources whose spec names it if what they read of it changed:
+    its phase (their waiting message names it) or its output."""
+    done = await reconcile_resource(KINDS[kind], namespace, name, memo, logger)
+    if done is None:
+        return
+    before, status = done
+    after = {**before, "status": {**(before.get("status") or {}), **status}}  # as the merge patch leaves it
+    for referrer, dep in dependents(kind):
+        if phase_of(before) != phase_of(after) or dep.produced(before) != dep.produced(after):
+            for obj in await memo.kube.list(API_VERSION, referrer.kind, namespace):
+                if dep.target(obj) == name:
+                    await reconcile_named(referrer.kind, namespace, obj["metadata"]["name"], memo, logger)
+
+
+async def reconcile_resource(kind: KindDescriptor, namespace: str, name: str, memo: kopf.Memo,
+                             logger) -> tuple[dict, dict] | None:
+    """Reconcile one resource (fresh from the API server) and write its status: (the resource as it was
+    read, its new status), or None if it is gone."""
     ctx = Context(memo.kube, memo.config, logger)
-    async with memo.locks.setdefault((kind, namespace, name), asyncio.Lock()):
-        body = await ctx.kube.get(API_VERSION, kind, namespace, name)
+    async with memo.locks.setdefault((kind.kind, namespace, name), asyncio.Lock()):
+        body = await ctx.kube.get(API_VERSION, kind.kind, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         started = time.perf_counter()
         try:
-            result = await reconcile(body, ctx)
-            outcome = "success"
+            result, outcome = await RECONCILERS[kind.kind](body, ctx), "success"
+        except Waiting as e:
+            result, outcome = Result(kind.status(phase="Waiting"), False, e.reason, str(e)), "success"
         except InvalidSpec as e:
-            result, outcome = Result("Invalid", False, "InvalidSpec", str(e)), "invalid"
+            result, outcome = Result(kind.status(phase="Invalid"), False, "InvalidSpec", str(e)), "invalid"
         except ApiError:
-            metrics.RECONCILES.labels(kind, "error").inc()
+            metrics.RECONCILES.labels(kind.kind, "error").inc()
             raise  # kopf logs it; the next event or timer tick tries again
-        await write_status(ctx, body, result)
-        metrics.RECONCILES.labels(kind, outcome).inc()
-        metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-        metrics.set_phase(kind, namespace, name, result.phase)
-        return body.get("status") or {}, result
+        status = await write_status(ctx, body, result)
+        metrics.RECONCILES.labels(kind.kind, outcome).inc()
+        metrics.RECONCILE_SECONDS.labels(kind.kind).observe(time.perf_counter() - started)
+        metrics.set_phase(kind.kind, namespace, name, result.phase)
+        return body, status
 
 
-async def write_status(ctx: Context, body: dict, result: Result) -> None:
+async def write_status(ctx: Context, body: dict, result: Result) -> dict:
+    """The result as the resource's status, written unless the resource already has it; returns it."""
     old = body.get("status") or {}
     generation = body["metadata"].get("generation")
-    conditions = set_condition(old.get("conditions", []), READY, result.ready, result.reason, result.message,
-                               generation)
-    status = {"phase": result.phase, "observedGeneration": generation, "conditions": conditions, **result.fields}
+    conditions = set_condition([Condition.model_validate(c) for c in old.get("conditions", [])], READY,
+                               result.ready, result.reason, result.message, generation)
+    status = result.status.model_copy(update={"observed_generation": generation, "conditions": conditions})
+    status = status.model_dump(by_alias=True, exclude_none=True)
     if contains(old, status):
-        return
+        return status
     meta = body["metadata"]
     await ctx.kube.merge_patch(body["apiVersion"], body["kind"], meta["namespace"], meta["name"], {"status": status},
                                sub="status")
     if old.get("phase") != result.phase:
         kopf.event(body, type="Warning" if result.phase in WARNING_PHASES else "Normal", reason=result.reason,
                    message=f"{old.get('phase') or 'New'} -> {result.phase}: {result.message}")
+    return status
 
 
 def owner_name(child: dict, kind: str) -> str | None:
@@ -131,38 +200,29 @@ def owner_name(child: dict, kind: str) -> str | None:
     return None
 
 
-def phase_of(obj: dict | None) -> str | None:
-    return ((obj or {}).get("status") or {}).get("phase")
-
-
-async def reconcile_referrers(kind: str, namespace: str, field: tuple[str, str], name: str,
-                              reconcile_named: Callable[[str, str, kopf.Memo, Any], Awaitable[None]],
-                              memo: kopf.Memo, logger) -> None:
-    """Reconcile the resources of `kind` whose spec.FIELD[0].FIELD[1] names `name` (they depend on it)."""
-    for obj in await memo.kube.list(API_VERSION, kind, namespace):
-        if ((obj.get("spec") or {}).get(field[0]) or {}).get(field[1]) == name:
-            await reconcile_named(namespace, obj["metadata"]["name"], memo, logger)
-
-
-def declare_handlers(kind: str, plural: str, child: tuple[str, str, str],
-                     reconcile_named: Callable[[str, str, kopf.Memo, Any], Awaitable[None]]) -> None:
-    """The kopf handlers of one kind: its watch events and a timer reconcile it (the timer catches what
-    no event announces: progress.json, a dependency); its children's events reconcile their owner."""
+def declare_handlers(kind: KindDescriptor, reconcile: Reconcile) -> None:
+    """The kopf handlers of one kind, reconciling it with `reconcile`: its watch events and a timer (which
+    catches what no event announces: progress.json, a dependency); its workload child's events reconcile
+    their owner."""
+    RECONCILERS[kind.kind] = reconcile
+    plural = kind.plural
+    child_api, child_kind = kind.workload
+    child = (*child_api.split("/"), PLURALS[child_kind])
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-events")
     async def on_event(type, body, memo, logger, **_):
         meta = body["metadata"]
         if type == "DELETED":
-            metrics.set_phase(kind, meta["namespace"], meta["name"], None)
+            metrics.set_phase(kind.kind, meta["namespace"], meta["name"], None)
             return
-        await reconcile_named(meta["namespace"], meta["name"], memo, logger)
+        await reconcile_named(kind.kind, meta["namespace"], meta["name"], memo, logger)
 
     @kopf.timer(GROUP, VERSION, plural, id=f"{plural}-sync", interval=SYNC_INTERVAL_S, backoff=SYNC_INTERVAL_S)
     async def sync(body, memo, logger, **_):
-        await reconcile_named(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
+        await reconcile_named(kind.kind, body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
 
     @kopf.on.event(*child, labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id=f"{child[2]}-events")
     async def on_child_event(type, body, memo, logger, **_):
-        owner = owner_name(body, kind)
+        owner = owner_name(body, kind.kind)
         if owner:
-            await reconcile_named(body["metadata"]["namespace"], owner, memo, logger)
+            await reconcile_named(kind.kind, body["metadata"]["namespace"], owner, memo, logger)

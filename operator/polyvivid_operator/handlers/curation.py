@@ -4,14 +4,12 @@ succeeded shows OUTPUT/summary.json's counts. Trainings waiting for it follow it
 from __future__ import annotations
 
 from polyvivid.api.curation import CurationSpec
+from polyvivid.api.status import CurationStatus, CurationSummary
 
 from ..artifacts import read_json
 from ..children.common import effective_storage
-from ..children.rayjob import render_configmap, render_rayjob
-from .common import Context, Result, apply_children, declare_handlers, reconcile_referrers, reconcile_resource, spec_for
-
-KIND = "CurationJob"
-JOB_API = "ray.io/v1"
+from ..kinds import CURATION
+from .common import Context, Result, apply_children, declare_handlers, resolve, spec_for, workload_output
 
 
 def rayjob_phase(job: dict | None) -> tuple[str, str]:
@@ -30,33 +28,26 @@ def rayjob_phase(job: dict | None) -> tuple[str, str]:
 async def reconcile(body: dict, ctx: Context) -> Result:
     spec: CurationSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
-    names = await apply_children(ctx, [render_configmap(body),
-                                       render_rayjob(body, ctx.config.image, ctx.config.s3_endpoint)])
-    job = await ctx.kube.get(JOB_API, "RayJob", ns, names["RayJob"])
+    resolved = await resolve(ctx, body, CURATION)
+    names = await apply_children(ctx, CURATION.build_children(body, resolved, ctx.config))
+    job = await ctx.kube.get(*CURATION.workload, ns, names["RayJob"])
     phase, reason = rayjob_phase(job)
-    fields = {"rayJob": names["RayJob"], "configMap": names["ConfigMap"], "output": spec.output}
     message = {"Pending": "RayJob created, cluster starting", "Running": "curating",
                "Succeeded": f"dataset written to {spec.output}",
                "Failed": ((job or {}).get("status") or {}).get("message") or "the RayJob failed"}[phase]
+    summary = CurationSummary()
     if phase == "Succeeded":
-        summary, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
-                                       spec.output, "summary.json")
-        if summary:
-            fields.update(videos=summary.get("videos"), clipsWritten=summary.get("clips_written"),
-                          rejected=len(summary.get("rejects", [])),
-                          stages=summary.get("stages") or {})
-        elif why:
+        document, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
+                                        spec.output, "summary.json")
+        if document:
+            summary, why = workload_output(CurationSummary, {
+                "videos": document.get("videos"), "clips_written": document.get("clips_written"),
+                "rejected": len(document.get("rejects", [])), "stages": document.get("stages") or {}}, "summary.json")
+        if why:
             message += f" ({why})"
-    return Result(phase, phase == "Succeeded", reason, message, fields)
+    status = CurationStatus(phase=phase, ray_job=names["RayJob"], config_map=names["ConfigMap"], output=spec.output,
+                            **summary.model_dump(exclude_none=True))
+    return Result(status, phase == "Succeeded", reason, message)
 
 
-async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
-    done = await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
-    if done is not None and done[0].get("phase") != done[1].phase:
-        from . import training  # trainings waiting for this dataset follow it
-
-        await reconcile_referrers(training.KIND, namespace, ("dataset", "curationJob"), name,
-                                  training.reconcile_named, memo, logger)
-
-
-declare_handlers(KIND, "curationjobs", ("ray.io", "v1", "rayjobs"), reconcile_named)
+declare_handlers(CURATION, reconcile)

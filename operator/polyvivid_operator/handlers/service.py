@@ -5,16 +5,12 @@ out again when they change (the version goes into serveConfigV2)."""
 from __future__ import annotations
 
 from polyvivid.api.service import ServiceSpec
-from polyvivid.api.common import API_VERSION
+from polyvivid.api.status import ServiceStatus
 
-from ..children.rayservice import endpoint, render_rayservice
+from ..children.rayservice import endpoint
 from ..conditions import condition
-from ..validation import InvalidSpec, require_s3_uri
-from .common import Context, Result, apply_children, declare_handlers, phase_of, reconcile_resource, require_secret, \
-    spec_for
-
-KIND = "PolyVividService"
-SERVICE_API = "ray.io/v1"
+from ..kinds import SERVICE, TRAINED_WEIGHTS
+from .common import Context, Result, apply_children, declare_handlers, require_secret, resolve, spec_for
 
 
 def rayservice_phase(rs: dict | None) -> tuple[str, str, int]:
@@ -35,37 +31,19 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     ns = body["metadata"]["namespace"]
     if spec.api_token_secret_ref:
         await require_secret(ctx, ns, spec.api_token_secret_ref.name, "spec.apiTokenSecretRef")
-    model_uri = model_version = None
-    if spec.model.training:
-        name = spec.model.training
-        training = await ctx.kube.get(API_VERSION, "PolyVividTraining", ns, name)
-        if training is None:
-            raise InvalidSpec(f"spec.model.training: PolyVividTraining {name!r} not found in namespace {ns!r}")
-        weights = (training.get("status") or {}).get("finalWeights")
-        if phase_of(training) != "Succeeded" or not weights:
-            return Result("Waiting", False, "WaitingForTraining",
-                          f"waiting for PolyVividTraining {name} to succeed (phase {phase_of(training) or 'New'})")
-        model_uri, model_version = weights["uri"], weights.get("version")
-        # the training's status comes from the progress.json its workload wrote: checked like a spec's URI
-        require_s3_uri(f"spec.model.training (PolyVividTraining {name} status.finalWeights.uri)", model_uri)
-
-    rayservice = render_rayservice(body, ctx.config.image, model_uri, model_version, ctx.config.s3_endpoint)
-    names = await apply_children(ctx, [rayservice])
-    rs = await ctx.kube.get(SERVICE_API, "RayService", ns, names["RayService"])
+    resolved = await resolve(ctx, body, SERVICE)
+    names = await apply_children(ctx, SERVICE.build_children(body, resolved, ctx.config))
+    rs = await ctx.kube.get(*SERVICE.workload, ns, names["RayService"])
     phase, reason, endpoints = rayservice_phase(rs)
-    fields = {"rayService": names["RayService"], "endpoint": endpoint(body), "readyReplicas": endpoints,
-              "model": model_uri or spec.model.uri or spec.model.preset}
-    if model_version:
-        fields["modelVersion"] = model_version
-    serving = f"serving at {fields['endpoint']}" + (" without authentication (spec.allowUnauthenticated)"
-                                                   if spec.allow_unauthenticated else "")
+    weights = resolved.get(TRAINED_WEIGHTS.kind)
+    model, version = (weights.uri, weights.version or None) if weights else (spec.model.uri or spec.model.preset, None)
+    status = ServiceStatus(phase=phase, ray_service=names["RayService"], endpoint=endpoint(body),
+                           ready_replicas=endpoints, model=model, model_version=version)
+    serving = f"serving at {status.endpoint}" + (" without authentication (spec.allowUnauthenticated)"
+                                                if spec.allow_unauthenticated else "")
     message = {"Ready": serving, "Deploying": "RayService deploying",
                "Failed": "the Serve application failed (see the RayService status)"}[phase]
-    return Result(phase, phase == "Ready", reason, message, fields)
+    return Result(status, phase == "Ready", reason, message)
 
 
-async def reconcile_named(namespace: str, name: str, memo, logger) -> None:
-    await reconcile_resource(KIND, namespace, name, reconcile, memo, logger)
-
-
-declare_handlers(KIND, "polyvividservices", ("ray.io", "v1", "rayservices"), reconcile_named)
+declare_handlers(SERVICE, reconcile)
