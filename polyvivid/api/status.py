@@ -2,7 +2,7 @@
 (crds.py) and what the operator's handlers build. Modelled on KubeRay's RayJobStatus
 (apis/ray/v1/rayjob_types.go): typed fields, the phases as enums, Kubernetes conditions.
 
-Free-form workload output (a training's evaluation, a curation's per-stage counts) stays an untyped
+Free-form workload output (a training's evaluation) stays an untyped
 map (x-kubernetes-preserve-unknown-fields) on that one field. Nothing else writes here: kopf keeps its
 progress and diff-base in annotations (the operator's startup handler sets that), and the handlers
 return nothing, which kopf would otherwise store under status.<handler id>.
@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .common import ApiModel
+from .curation import CURATION_STAGE_NAMES
 
 ConditionType = Literal["Ready"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -72,14 +73,23 @@ class TrainingStatus(TrainingProgress, ResourceStatus):
     final_weights: FinalWeights | None = Field(None, description="once it succeeded")
 
 
+CurationStageName = Literal[CURATION_STAGE_NAMES]  # type: ignore[valid-type]
+
+
+class StageCounts(ApiModel):
+    rows_in: int = Field(ge=0, alias="in")
+    rows_out: int = Field(ge=0, alias="out")
+    rejected: int = Field(ge=0)
+
+
 class CurationSummary(ApiModel):
     """The status fields copied from OUTPUT/summary.json once the curation succeeded."""
 
     videos: int | None = Field(None, ge=0, description="videos curated")
     clips_written: int | None = Field(None, ge=0, description="clips in the dataset")
     rejected: int | None = Field(None, ge=0, description="clips the filters rejected")
-    stages: dict[str, Any] | None = Field(None, description="rows into and out of each stage, as the workload "
-                                          "counted them")
+    stages: dict[CurationStageName, StageCounts] | None = Field(
+        None, description="rows into and out of each stage (videos into split, clips from then on)")
 
 
 class CurationStatus(CurationSummary, ResourceStatus):
