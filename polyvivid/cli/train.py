@@ -1,0 +1,74 @@
+"""`polyvivid train`: run a PolyVividTraining manifest, under torchrun or as a --local launch of it.
+
+The operator's pods run `torchrun --module polyvivid.cli train /etc/polyvivid/training.yaml` (each rank
+runs this command); `--local --nproc N` starts N such workers here (polyvivid.train.launcher), passing
+them the spec and the overrides in `_forwarded`.
+"""
+
+from __future__ import annotations
+
+from .options import UsageError, int_in, load_spec, output_uri
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="train PolyVivid from a PolyVividTraining manifest",
+        description="Run the PolyVividTraining in SPEC (the manifest you would `kubectl apply`). Inside "
+                    "torchrun (a PyTorchJob pod) it reads torchrun's environment; with --local --nproc N it starts "
+                    "N processes on this machine, their rendezvous on 127.0.0.1 (Ctrl-C or SIGTERM: they "
+                    "checkpoint and stop). A run resumes from its newest good checkpoint.",
+        epilog="example: polyvivid train training.yaml --local --nproc 2 --output file:///tmp/run1",
+    )
+    train.add_argument("spec", help="PolyVividTraining YAML")
+    train.add_argument("--local", action="store_true", help="launch torchrun here with --nproc processes")
+    train.add_argument("--nproc", type=int_in(1, 64), default=1, help="processes for --local, 1..64 (default 1)")
+    train.add_argument("--output", type=output_uri, help="where artifacts go (file:// path or s3://), overriding spec.output")
+    train.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    train.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
+    train.add_argument("--metrics-addr", default="127.0.0.1",
+                       help="address of rank 0's Prometheus endpoint (default 127.0.0.1; in a pod, 0.0.0.0 so that "
+                            "Prometheus can scrape it: the operator passes that)")
+    train.add_argument("--metrics-port", type=int_in(0, 65535), help="port of rank 0's Prometheus endpoint (0: off)")
+    train.set_defaults(run=run)
+
+
+def _load_training(args):
+    from ..api import PolyVividTraining
+
+    updates = {"metrics_port": args.metrics_port} if args.metrics_port is not None else {}
+    spec = load_spec(args, PolyVividTraining, **updates)
+    if args.dataset:
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+            update={"uri": args.dataset, "curation_job": None})})
+    if spec.dataset.uri is None:
+        raise UsageError(f"{args.spec}: spec.dataset names CurationJob {spec.dataset.curation_job!r}; outside the "
+                         "cluster give its output with --dataset URI")
+    return spec
+
+
+def _forwarded(args) -> list[str]:
+    """The options a --local launch passes on to each torchrun worker."""
+    extra = []
+    for flag, value in (("--output", args.output), ("--store", args.store), ("--dataset", args.dataset),
+                        ("--metrics-addr", args.metrics_addr), ("--metrics-port", args.metrics_port)):
+        if value is not None:
+            extra += [flag, str(value)]
+    return extra
+
+
+def run(args) -> int:
+    if args.nproc > 1 and not args.local:
+        raise UsageError("--nproc N needs --local (under torchrun, torchrun sets the processes)")
+    spec = _load_training(args)
+    if args.local and args.nproc > 1:
+        from ..train.launcher import launch
+
+        return launch([args.spec, *_forwarded(args)], args.nproc)
+    from ..data.loader import SampleError
+    from ..storage import StorageError
+    from ..train.trainer import TrainingError, train
+
+    try:
+        return train(spec, args.output, args.metrics_addr)
+    except (TrainingError, SampleError, StorageError) as e:
+        raise UsageError(str(e)) from None
