@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+
+from ..api.curation import CURATION_STAGES
 from .options import UsageError, add_ray_auth_flag, load_spec, output_uri
+
+
+def _stages() -> str:
+    width = max(len(stage.name) for stage in CURATION_STAGES)
+    return "\n".join(f"  {stage.name:{width}s}  {stage.what}" for stage in CURATION_STAGES)
 
 
 def register(subparsers) -> None:
     curate = subparsers.add_parser(
         "curate", help="turn raw videos into a multi-subject dataset (a CurationJob)",
-        description="Run the CurationJob in SPEC on Ray: split into clips, filter, caption, ground each subject "
-                    "phrase (Florence-2), segment it (SAM2), check it (CLIP) and consolidate (cliques); writes "
-                    "clips, subject images, manifest.jsonl and summary.json. Finished videos are skipped on a re-run.",
+        description="Run the CurationJob in SPEC on Ray: split into clips, filter, caption, ground each subject\n"
+                    "phrase (Florence-2), segment it (SAM2), check it (CLIP) and consolidate (cliques); writes\n"
+                    "clips, subject images, manifest.jsonl and summary.json. Finished videos are skipped on a re-run.\n\n"
+                    "stages (their names in summary.json; each is configured by the spec field of that name):\n"
+                    + _stages(),
         epilog="example: polyvivid curate curation.yaml --local",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     curate.add_argument("spec", help="CurationJob YAML")
     curate.add_argument("--local", action="store_true", help="start Ray on this machine (default: spec.rayAddress or the cluster)")

@@ -33,3 +33,13 @@ def test_the_operator_checks_the_resources_of_every_actor_pool_stage():
                                             stage.name: {"resources": {"cpus": 1000}}})
         with pytest.raises(InvalidSpec, match=rf"spec\.{stage.name}\.resources\.cpus"):
             check_curation(spec, config)
+
+
+def test_curate_help_lists_the_stages_in_order(capsys):
+    from polyvivid.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["curate", "--help"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.split("stages (")[1].splitlines()[1:]
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed[:len(CURATION_STAGE_NAMES)] == list(CURATION_STAGE_NAMES)
