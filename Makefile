@@ -36,7 +36,7 @@ bench: $(STAMP)
 
 # CPU check that subject conditioning learns (23 min on 2 cores): README "Learning check (CPU)".
 learn-check: $(STAMP)
-	$(PY) -m polyvivid.eval.learn_check --out $(OUT)/learn-check.json
+	$(PY) -m polyvivid.experiments.learn_check --out $(OUT)/learn-check.json
 
 # After changing polyvivid/api or the chart: the CRDs (manifests/ and the chart's copy) and install.yaml.
 manifests: $(STAMP)

@@ -7,28 +7,33 @@ parameters trainable, and wraps the transformer for DDP or FSDP2. Each optimizer
 
 What a step reads and which noise it draws are functions of (seed, global sample position), so a
 resumed run repeats exactly what an uninterrupted one would do.
+
+`train(spec)` runs a `Trainer` (torchtitan's shape): setup() builds this rank's part and resumes,
+train() runs the steps (train_step() on the micro-batches batch() yields, checkpoint() every
+checkpointInterval), finish() exports the final weights and evaluates them, close() lets go of the rest.
+The flow-matching maths and the learning-rate schedule are in training_utils.py.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..api.training import Stage, TrainingSpec
 from ..data.loader import SubjectVideoDataset, TrainSample
-from ..storage import StorageError, open_store, with_retries
+from ..storage import ArtifactStore, StorageError, open_store, with_retries
 from .checkpoint import CheckpointError, Checkpoints
 from .parallel import DistEnv, all_reduce_mean, any_rank, init_distributed, parallelize, set_gradient_sync
 from .progress import ProgressReporter
+from .training_utils import scheduled_lr, velocity_loss
 
 log = logging.getLogger("polyvivid.train")
 EXIT_PREEMPTED = 143  # SIGTERM: checkpoint saved; the job controller restarts and we resume
@@ -65,12 +70,7 @@ def plan_step(spec: TrainingSpec, step: int) -> StepPlan:
 
 def learning_rate(spec: TrainingSpec, step: int) -> float:
     opt = spec.optimizer
-    if opt.warmup_steps and step < opt.warmup_steps:
-        return opt.learning_rate * (step + 1) / opt.warmup_steps
-    if opt.schedule == "cosine":
-        progress = (step - opt.warmup_steps) / max(spec.total_steps - opt.warmup_steps, 1)
-        return opt.learning_rate * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return opt.learning_rate
+    return scheduled_lr(step, opt.learning_rate, spec.total_steps, opt.warmup_steps, opt.schedule)
 
 
 def sample_generator(seed: int, position: int) -> torch.Generator:
@@ -86,33 +86,23 @@ def build_pipeline(spec: TrainingSpec):
     return PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, **options)
 
 
-def flow_matching_loss(pipe, model, sample: TrainSample, generator: torch.Generator, env: DistEnv,
-                       autocast_dtype: torch.dtype | None, shift: float) -> torch.Tensor:
-    """Rectified flow as HunyuanVideo: x_t = (1 - s) x0 + s noise, predict the velocity noise - x0,
-    with s drawn uniformly and shifted towards noise (s' = shift s / (1 + (shift - 1) s))."""
+def encode_sample(pipe, sample: TrainSample, generator: torch.Generator,
+                  device: torch.device) -> tuple[torch.Tensor, dict]:
+    """A sample's scaled latents, drawn from the VAE's posterior with `generator`, and its conditioning inputs."""
     vae = pipe.vae
     with torch.no_grad():
-        x0 = vae.encode(sample.video[None].to(env.device, vae.dtype)).latent_dist.sample(generator)
+        x0 = vae.encode(sample.video[None].to(device, vae.dtype)).latent_dist.sample(generator)
         x0 = (x0 * vae.config.scaling_factor).float()
         cond = pipe.encode_conditions(sample.caption, sample.subjects)
+    return x0, cond
+
+
+def flow_matching_loss(pipe, model, sample: TrainSample, generator: torch.Generator, env: DistEnv,
+                       autocast_dtype: torch.dtype | None, shift: float) -> torch.Tensor:
+    """The velocity loss (training_utils.velocity_loss) of one sample, encoded first."""
+    x0, cond = encode_sample(pipe, sample, generator, env.device)
     return velocity_loss(model, x0, cond, generator, env.device, autocast_dtype, shift,
                          pipe.transformer.config.guidance_embeds)
-
-
-def velocity_loss(model, x0: torch.Tensor, cond: dict, generator: torch.Generator, device: torch.device,
-                  autocast_dtype: torch.dtype | None, shift: float, guidance_embeds: bool) -> torch.Tensor:
-    """The flow-matching loss for scaled latents x0 [B, ...] and the transformer's conditioning inputs;
-    each sample draws its own noise level."""
-    batch = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator).to(device)
-    u = torch.rand((batch,), generator=generator)
-    sigma = (shift * u / (1 + (shift - 1) * u)).to(device)
-    s = sigma.view(batch, *([1] * (x0.dim() - 1)))
-    x_t = (1 - s) * x0 + s * noise
-    guidance = torch.full((batch,), 1000.0, device=device) if guidance_embeds else None
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        pred = model(hidden_states=x_t, timestep=sigma * 1000.0, guidance=guidance, **cond).sample
-    return F.mse_loss(pred.float(), (noise - x0).float())
 
 
 @torch.no_grad()
@@ -162,144 +152,234 @@ class _Preemption:
         self.requested = True
 
 
-def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "127.0.0.1") -> int:
-    env = init_distributed()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(name)s: %(message)s")
-    output = output or spec.output
-    store = open_store(output)
-    preemption = _Preemption()
+@dataclass
+class MicroBatch:
+    """One sample of this rank's share of a step, ready for the loss."""
+    x0: torch.Tensor  # scaled latents [1, C, F, H, W]
+    cond: dict  # the transformer's conditioning inputs
+    generator: torch.Generator  # the sample's own: its noise and noise level are drawn from it next
 
-    per_rank, rest = divmod(spec.global_batch_size, env.world_size)
-    if rest or per_rank == 0:
-        raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of the world size "
-                            f"{env.world_size} (nodes x processes per node)")
-    dataset = SubjectVideoDataset(spec.dataset.uri)
 
-    use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
-    if spec.precision == "bf16" and not use_bf16 and env.is_main:
-        log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
-    torch.manual_seed(spec.seed)  # the same fresh PolyVivid weights on every rank
-    pipe = build_pipeline(spec)
-    transformer = pipe.transformer
-    counts = transformer.freeze_base(spec.trainable)
-    own = {n for n, p in transformer.named_parameters() if p.requires_grad}  # what checkpoints hold
-    if not own:
-        raise TrainingError(f"nothing to train: this model has no parameters in {spec.trainable}")
-    if env.is_main:
-        total = sum(p.numel() for p in transformer.parameters())
-        log.info("trainable parameters: %s = %d of %d (%.3f%%)",
-                 ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())), sum(counts.values()), total,
-                 100 * sum(counts.values()) / total)
-    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        module.requires_grad_(False).to(env.device)
-        if use_bf16:
-            module.to(torch.bfloat16)
-    transformer.to(env.device)
-    if spec.activation_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.train()
-    model = parallelize(transformer, spec.parallelism, env, torch.bfloat16 if use_bf16 else torch.float32)
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=spec.optimizer.learning_rate, weight_decay=spec.optimizer.weight_decay,
-                                  betas=(spec.optimizer.beta1, spec.optimizer.beta2))
+class Trainer:
+    """This rank's part of one training run. Every rank makes the same calls in the same order: under a
+    process group most of them are collectives (parallelize, checkpoint load and save, the loss's
+    all-reduce, the export)."""
 
-    scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
-    reporter = ProgressReporter(store, spec.total_steps, spec.metrics_port, metrics_addr, enabled=env.is_main)
-    checkpoints = Checkpoints(store, env, scratch, spec.keep_checkpoints)
-    try:
-        resumed = checkpoints.load(model, optimizer, own)
-    except CheckpointError as e:
-        raise TrainingError(str(e)) from None
-    start = resumed["step"] if resumed else 0
-    reporter.restore(resumed)
-    last_checkpoint = resumed.get("checkpoint") if resumed else None
-    if resumed and env.is_main:
-        log.info("resumed from %s at step %d", last_checkpoint, start)
-    shift = pipe.scheduler.config.shift
-    autocast_dtype = torch.bfloat16 if use_bf16 else None
+    def __init__(self, spec: TrainingSpec, store: ArtifactStore, metrics_addr: str = "127.0.0.1"):
+        self.spec, self.store, self.metrics_addr = spec, store, metrics_addr
+        self.reporter: ProgressReporter | None = None  # close() also runs after a setup() that failed early
+        self.scratch: Path | None = None
+        self.start = 0  # the first step to run: a resumed run's checkpoint step
+        self.last_checkpoint: str | None = None
 
-    def checkpoint(step: int) -> str:
-        state = {"step": step, "stage": plan_step(spec, min(step, spec.total_steps - 1)).stage.name,
-                 "data_position": step * spec.global_batch_size, "seed": spec.seed,
-                 "history": reporter.state["history"], "checkpoint": f"checkpoints/step-{step:08d}"}
+    # ----------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """The process group and logging, the data, the model and optimizer, progress reporting, and the
+        state of the newest good checkpoint if there is one."""
+        spec = self.spec
+        self.env = env = init_distributed()
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(name)s: %(message)s")
+        self.preemption = _Preemption()
+        self.per_rank, rest = divmod(spec.global_batch_size, env.world_size)
+        if rest or self.per_rank == 0:
+            raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of the world size "
+                                f"{env.world_size} (nodes x processes per node)")
+        self.dataset = SubjectVideoDataset(spec.dataset.uri)
+        self._build_model()
+        self.scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
+        self.reporter = ProgressReporter(self.store, spec.total_steps, spec.metrics_port, self.metrics_addr,
+                                         enabled=env.is_main)
+        self.checkpoints = Checkpoints(self.store, env, self.scratch, spec.keep_checkpoints)
+        self._resume()
+
+    def _build_model(self) -> None:
+        """The pipeline on this rank: frozen VAE and text encoders on the device, the transformer with only
+        spec.trainable left trainable and wrapped for DDP or FSDP2, and AdamW over what trains."""
+        spec, env = self.spec, self.env
+        use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
+        if spec.precision == "bf16" and not use_bf16 and env.is_main:
+            log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        torch.manual_seed(spec.seed)  # the same fresh PolyVivid weights on every rank
+        self.pipe = pipe = build_pipeline(spec)
+        self.transformer = transformer = pipe.transformer
+        counts = transformer.freeze_base(spec.trainable)
+        self.own = {n for n, p in transformer.named_parameters() if p.requires_grad}  # what checkpoints hold
+        if not self.own:
+            raise TrainingError(f"nothing to train: this model has no parameters in {spec.trainable}")
+        if env.is_main:
+            total = sum(p.numel() for p in transformer.parameters())
+            log.info("trainable parameters: %s = %d of %d (%.3f%%)",
+                     ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())), sum(counts.values()), total,
+                     100 * sum(counts.values()) / total)
+        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            module.requires_grad_(False).to(env.device)
+            if use_bf16:
+                module.to(torch.bfloat16)
+        transformer.to(env.device)
+        if spec.activation_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.model = parallelize(transformer, spec.parallelism, env, torch.bfloat16 if use_bf16 else torch.float32)
+        self.trainable = [p for p in transformer.parameters() if p.requires_grad]
+        opt = spec.optimizer
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.learning_rate, weight_decay=opt.weight_decay,
+                                           betas=(opt.beta1, opt.beta2))
+        self.shift = pipe.scheduler.config.shift
+
+    def _resume(self) -> None:
         try:
-            name = checkpoints.save(model, optimizer, own, state, step)
-        except StorageError as e:
-            raise TrainingError(f"checkpoint at step {step} not saved ({e}); the last good one is "
-                                f"{last_checkpoint or 'none'}") from None
-        return name
+            resumed = self.checkpoints.load(self.model, self.optimizer, self.own)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
+        self.reporter.restore(resumed)
+        if resumed:
+            self.start, self.last_checkpoint = resumed["step"], resumed.get("checkpoint")
+            if self.env.is_main:
+                log.info("resumed from %s at step %d", self.last_checkpoint, self.start)
 
-    for step in range(start, spec.total_steps):
-        plan = plan_step(spec, step)
-        res = plan.resolution
-        lr = learning_rate(spec, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        losses = []
-        for j in range(per_rank):
-            position = step * spec.global_batch_size + env.rank * per_rank + j
+    # ----------------------------------------------------------------------------- one step
+    def batch(self, plan: StepPlan) -> Iterator[MicroBatch]:
+        """This rank's share of the step's global batch, one encoded sample at a time (read and encoded as
+        the step asks for it: one sample's activations in memory at once)."""
+        spec, res = self.spec, plan.resolution
+        for j in range(self.per_rank):
+            position = plan.step * spec.global_batch_size + self.env.rank * self.per_rank + j
             generator = sample_generator(spec.seed, position)
-            sample = dataset.get(position, spec.seed, res.frames, res.height, res.width, plan.stage.max_subjects,
-                                 generator)
-            with set_gradient_sync(model, j == per_rank - 1):
-                loss = flow_matching_loss(pipe, model, sample, generator, env, autocast_dtype, shift)
-                (loss / per_rank).backward()
+            sample = self.dataset.get(position, spec.seed, res.frames, res.height, res.width, plan.stage.max_subjects,
+                                      generator)
+            x0, cond = encode_sample(self.pipe, sample, generator, self.env.device)
+            yield MicroBatch(x0, cond, generator)
+
+    def train_step(self, plan: StepPlan) -> float:
+        """One optimizer step: the scheduled learning rate, gradients accumulated over this rank's micro-batches
+        (synchronised between ranks on the last one), clipping, AdamW. Returns the loss, the mean over ranks."""
+        spec = self.spec
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(spec, plan.step)
+        guidance_embeds = self.transformer.config.guidance_embeds
+        losses = []
+        for j, micro in enumerate(self.batch(plan)):
+            with set_gradient_sync(self.model, j == self.per_rank - 1):
+                loss = velocity_loss(self.model, micro.x0, micro.cond, micro.generator, self.env.device,
+                                     self.autocast_dtype, self.shift, guidance_embeds)
+                (loss / self.per_rank).backward()
             losses.append(loss.item())
         if spec.optimizer.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, spec.optimizer.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = all_reduce_mean(sum(losses) / len(losses), env)
-        seconds = time.perf_counter() - started
-        done = step + 1
-        reporter.step(done, step_loss, seconds, spec.global_batch_size, stage=plan.stage.name,
-                      stage_index=plan.stage_index, stage_step=plan.stage_step + 1, stage_steps=plan.stage.steps,
-                      world_size=env.world_size,
-                      resolution="low" if plan.low_res else "full",
-                      size=f"{res.frames}x{res.height}x{res.width}", lr=lr,
-                      samples_skipped=sum(dataset.skipped.values()))
+            torch.nn.utils.clip_grad_norm_(self.trainable, spec.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return all_reduce_mean(sum(losses) / len(losses), self.env)
+
+    def _report(self, plan: StepPlan, loss: float, seconds: float) -> None:
+        spec, env, res = self.spec, self.env, plan.resolution
+        done = plan.step + 1
+        self.reporter.step(done, loss, seconds, spec.global_batch_size, stage=plan.stage.name,
+                           stage_index=plan.stage_index, stage_step=plan.stage_step + 1, stage_steps=plan.stage.steps,
+                           world_size=env.world_size,
+                           resolution="low" if plan.low_res else "full",
+                           size=f"{res.frames}x{res.height}x{res.width}", lr=learning_rate(spec, plan.step),
+                           samples_skipped=sum(self.dataset.skipped.values()))
         if env.is_main:
             log.info("step %d/%d stage %s (%s %dx%dx%d) loss %.5f %.2fs", done, spec.total_steps, plan.stage.name,
-                     "low" if plan.low_res else "full", res.frames, res.height, res.width, step_loss, seconds)
-        stop = any_rank(preemption.requested, env)
-        if done % spec.checkpoint_interval == 0 or stop or done == spec.total_steps:
-            last_checkpoint = checkpoint(done)
-        if done % spec.progress_interval == 0 or stop or done == spec.total_steps:
-            reporter.write(status="preempted" if stop else "running", last_checkpoint=last_checkpoint)
-        if stop:
-            log.info("SIGTERM: checkpoint %s saved at step %d; exiting for a restart", last_checkpoint, done)
-            reporter.close()
-            _leave_process_group(env)
-            return EXIT_PREEMPTED
+                     "low" if plan.low_res else "full", res.frames, res.height, res.width, loss, seconds)
 
-    # Export all of PolyVivid's own weights (trained or not, so the artifact loads on its own) and the
-    # card that says which base they go on.
-    weights = _own_state_for_export(transformer, transformer.polyvivid_parameter_names())
-    if env.is_main:
-        final = scratch / "final"
+    def checkpoint(self, step: int) -> str:
+        """Save the state after `step` steps (every rank takes part); it becomes the last checkpoint. A save
+        that fails stops the run, naming the last good one."""
+        spec = self.spec
+        state = {"step": step, "stage": plan_step(spec, min(step, spec.total_steps - 1)).stage.name,
+                 "data_position": step * spec.global_batch_size, "seed": spec.seed,
+                 "history": self.reporter.state["history"], "checkpoint": f"checkpoints/step-{step:08d}"}
+        try:
+            self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, self.own, state, step)
+        except StorageError as e:
+            raise TrainingError(f"checkpoint at step {step} not saved ({e}); the last good one is "
+                                f"{self.last_checkpoint or 'none'}") from None
+        return self.last_checkpoint
+
+    # ----------------------------------------------------------------------------- the run
+    def train(self) -> int:
+        """The steps from the resume point to the end, then finish(): 0. After a SIGTERM on any rank the
+        current step ends with a checkpoint and every rank leaves: EXIT_PREEMPTED, for a restart to resume."""
+        spec = self.spec
+        for step in range(self.start, spec.total_steps):
+            plan = plan_step(spec, step)
+            started = time.perf_counter()
+            loss = self.train_step(plan)
+            self._report(plan, loss, time.perf_counter() - started)
+            done = step + 1
+            stop = any_rank(self.preemption.requested, self.env)
+            if done % spec.checkpoint_interval == 0 or stop or done == spec.total_steps:
+                self.checkpoint(done)
+            if done % spec.progress_interval == 0 or stop or done == spec.total_steps:
+                self.reporter.write(status="preempted" if stop else "running", last_checkpoint=self.last_checkpoint)
+            if stop:
+                log.info("SIGTERM: checkpoint %s saved at step %d; exiting for a restart", self.last_checkpoint, done)
+                self.close()
+                _leave_process_group(self.env)
+                return EXIT_PREEMPTED
+        self.finish()
+        return 0
+
+    def finish(self) -> None:
+        """After the last step: the final weights into the store, every rank leaves the process group, then
+        rank 0 runs spec.evaluation on the stored weights."""
+        self._export()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        _leave_process_group(self.env)
+        if self.spec.evaluation and self.env.is_main:
+            self._evaluate()
+
+    def _export(self) -> None:
+        # All of PolyVivid's own weights (trained or not, so the artifact loads on its own) and the card
+        # that says which base they go on.
+        transformer = self.transformer
+        weights = _own_state_for_export(transformer, transformer.polyvivid_parameter_names())
+        if not self.env.is_main:
+            return
+        final = self.scratch / "final"
         transformer.save_polyvivid_weights(final, state_dict=weights)
         from ..model.pipeline import write_polyvivid_card
 
-        write_polyvivid_card(final, spec.model.base_card(), dict(transformer.config))
+        write_polyvivid_card(final, self.spec.model.base_card(), dict(transformer.config))
         try:
             for path in sorted(final.iterdir()):
-                with_retries(store.upload_file, path, f"final/{path.name}", what=f"upload final/{path.name}")
+                with_retries(self.store.upload_file, path, f"final/{path.name}", what=f"upload final/{path.name}")
         except StorageError as e:
-            raise TrainingError(f"final weights not uploaded ({e}); checkpoint {last_checkpoint} is kept") from None
-        status = "evaluating" if spec.evaluation else "succeeded"
-        reporter.write(status=status, last_checkpoint=last_checkpoint, final=store.uri("final"))
-        log.info("final weights: %s", store.uri("final"))
-    shutil.rmtree(scratch, ignore_errors=True)
-    _leave_process_group(env)
-    if spec.evaluation and env.is_main:
-        # only rank 0 evaluates, on the stored weights, with the training's memory given back first
-        del model, optimizer, trainable, transformer, pipe
-        if env.device.type == "cuda":
+            raise TrainingError(f"final weights not uploaded ({e}); checkpoint {self.last_checkpoint} "
+                                "is kept") from None
+        status = "evaluating" if self.spec.evaluation else "succeeded"
+        self.reporter.write(status=status, last_checkpoint=self.last_checkpoint, final=self.store.uri("final"))
+        log.info("final weights: %s", self.store.uri("final"))
+
+    def _evaluate(self) -> None:
+        # the training's memory given back first: evaluation loads the stored weights as a user would
+        self.model = self.optimizer = self.trainable = self.transformer = self.pipe = None
+        if self.env.device.type == "cuda":
             torch.cuda.empty_cache()
         from .evaluation import run_evaluation
 
-        reporter.write(status="succeeded", last_checkpoint=last_checkpoint, final=store.uri("final"),
-                       evaluation=run_evaluation(spec, store, env.device))
-    reporter.close()
-    return 0
+        self.reporter.write(status="succeeded", last_checkpoint=self.last_checkpoint, final=self.store.uri("final"),
+                            evaluation=run_evaluation(self.spec, self.store, self.env.device))
+
+    def close(self) -> None:
+        """Stop the metrics endpoint and remove the scratch directory. Idempotent; runs after a failure too
+        (but never leaves the process group then: the other ranks may not be there to leave with)."""
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
+
+
+def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "127.0.0.1") -> int:
+    """This rank's run of `spec` (`polyvivid train`, alone or under torchrun), stored under `output` (default
+    spec.output): 0 when done, EXIT_PREEMPTED after a SIGTERM's checkpoint."""
+    trainer = Trainer(spec, open_store(output or spec.output), metrics_addr)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.close()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from polyvivid.data.synthetic import BACKGROUNDS, COLORS, render_clip
-from polyvivid.eval.learn_check import (LearnCheckConfig, format_report, reference_chromaticity, run,
-                                        subject_similarity, verdict)
+from polyvivid.experiments.learn_check import (LearnCheckConfig, format_report, reference_chromaticity, run,
+                                               subject_similarity, verdict)
 
 RED_STRIPES = {"shape": "circle", "color": "red", "texture": "striped"}
 BLUE_DOTS = {"shape": "circle", "color": "blue", "texture": "dotted"}
@@ -75,7 +75,7 @@ def test_the_verdict_needs_a_difference_beyond_the_noise():
                                            (["--latent-channels", "0"], "--latent-channels: must be at least 1"),
                                            (["--steps", "many"], "--steps: not an integer: 'many'")])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path):
-    from polyvivid.eval.learn_check import main
+    from polyvivid.experiments.learn_check import main
 
     with pytest.raises(SystemExit) as exited:
         main(argv + ["--out", str(tmp_path / "report.json")])

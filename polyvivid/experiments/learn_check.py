@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import BACKGROUNDS, COLORS, make_sample, reference_image
+from ..train.training_utils import scheduled_lr, velocity_loss
 
 REGION_DISTANCE = 60.0  # a pixel this far (RGB, 0-255) from the background belongs to the subject
 MIN_REGION = 0.01  # below this share of the frame, the subject is absent: similarity 0
@@ -134,7 +135,7 @@ def train_vae(vae, clips: list[Clip], cfg: LearnCheckConfig, log) -> float:
     started = time.time()
     for step in range(cfg.vae_steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+            group["lr"] = scheduled_lr(step, cfg.vae_lr, cfg.vae_steps, schedule="cosine", cosine_from_start=True)
         if step % 4 == 3:  # subject images at the size the pipeline encodes them
             picks = torch.randint(len(references), (cfg.vae_batch,), generator=generator).tolist()
             batch = torch.stack([_image_tensor(references[i], 64) for i in picks]).unsqueeze(2)
@@ -198,7 +199,7 @@ def pretrain_base(base, clips: list[Clip], cfg: LearnCheckConfig, directory: Pat
     return loss
 
 
-def build_pipeline(base, base_dir: Path, injection: str, seed: int, shift: float = 1.0):
+def build_variant_pipeline(base, base_dir: Path, injection: str, seed: int, shift: float = 1.0):
     """PolyVivid with `injection`, assembled from the pretrained base as from HunyuanVideo, on the shared
     (trained) VAE and random encoders; seed draws PolyVivid's fresh LoRA and injection weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -229,7 +230,6 @@ def train_transformer(transformer, params: list[torch.nn.Parameter], inputs: lis
     """Flow matching on `params` (the rest frozen), cfg.batch clips a step (captions padded), warm-up then
     cosine; returns the last 100 steps' mean loss."""
     from ..model.pipeline import batch_conditions
-    from ..train.trainer import velocity_loss
 
     transformer.train().requires_grad_(False)
     for param in params:
@@ -240,7 +240,7 @@ def train_transformer(transformer, params: list[torch.nn.Parameter], inputs: lis
     started = time.time()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = scheduled_lr(step, lr, steps, warmup_steps=100, schedule="cosine", cosine_from_start=True)
         picks = torch.randint(len(inputs), (cfg.batch,), generator=generator).tolist()
         x0 = torch.cat([inputs[i][0] for i in picks])
         cond = batch_conditions([inputs[i][1] for i in picks])
@@ -390,7 +390,7 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
         runs = [("full", s) for s in cfg.training_seeds] + [(v, cfg.training_seeds[0]) for v in VARIANTS if v != "full"]
         for variant, seed in runs:
             name = f"{variant} (seed {seed})" if variant == "full" else variant
-            pipe = build_pipeline(base, base_dir, VARIANTS[variant], seed, cfg.shift)
+            pipe = build_variant_pipeline(base, base_dir, VARIANTS[variant], seed, cfg.shift)
             pipe.set_progress_bar_config(disable=True)
             transformer = pipe.transformer
             transformer.freeze_base()  # what `polyvivid train` trains by default: PolyVivid's own parameters
@@ -489,7 +489,7 @@ def _at_least(lowest: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m polyvivid.eval.learn_check",
+    parser = argparse.ArgumentParser(prog="python -m polyvivid.experiments.learn_check",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="out/learn-check.json", help="the report (JSON)")

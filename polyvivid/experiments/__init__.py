@@ -1,0 +1,1 @@
+"""Experiments: whole recipes that train toy models and measure them (learn_check: does subject conditioning learn?)."""
