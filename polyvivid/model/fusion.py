@@ -3,7 +3,9 @@
 LLaVA reads a structured prompt,
     "PROMPT <SEP> The man looks like <image>. The guitar looks like <image>."
 inside HunyuanVideo's chat template, whose system prefix and assistant suffix are cropped from the
-result as HunyuanVideo-I2V does. Its hidden states z_T hold the <text> tokens and, in reading
+result as HunyuanVideo-I2V does. <SEP> is "the special token marking the end of a dialogue round":
+the tokenizer's end-of-turn token, <|eot_id|> for Llama-3 (README "Choices" compares the template
+with HunyuanVideo-I2V's). Its hidden states z_T hold the <text> tokens and, in reading
 order, each subject's run of <image> tokens. `encode` also returns which positions are which, as
 the `text_lengths` / `grids` that `rope.interaction_positions` takes.
 """
@@ -17,7 +19,9 @@ from PIL import Image
 
 from .rope import interaction_positions
 
-SEPARATOR = "<SEP>"
+# <SEP>: Llama-3's end-of-turn token (LLaVA-Llama-3's tokenizer and the tiny byte tokenizer both have
+# it); an MLLM with another chat format passes its own to TextImageFusion.
+END_OF_TURN = "<|eot_id|>"
 SYSTEM_PREFIX = (
     "<|start_header_id|>system<|end_header_id|>\n\n"
     "Describe the video by detailing the following aspects according to the reference images: "
@@ -31,14 +35,28 @@ SYSTEM_PREFIX = (
 ASSISTANT_SUFFIX = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 # HunyuanVideo reads the text encoder's third-to-last hidden state.
 HIDDEN_STATE_SKIP = 2
+# Subject images are padded to a square, never cropped: a tall cut-out of a standing person keeps its
+# head. White, the background curation cuts subjects out on (data/segmentation.cut_out).
+SUBJECT_PAD_COLOR = (255, 255, 255)
 
 
-def fusion_text(prompt: str, words: list[str], with_images: bool = True) -> str:
-    """The user turn LLaVA reads: the prompt, the separator, one sentence per subject."""
+def square_subject_image(image: Image.Image) -> Image.Image:
+    """The whole image, centred on a square canvas of SUBJECT_PAD_COLOR (both branches: LLaVA and the VAE)."""
+    image = image.convert("RGB")
+    side = max(image.size)
+    if image.width == image.height:
+        return image
+    canvas = Image.new("RGB", (side, side), SUBJECT_PAD_COLOR)
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
+
+
+def fusion_text(prompt: str, words: list[str], with_images: bool = True, separator: str = END_OF_TURN) -> str:
+    """The user turn LLaVA reads: the prompt, the end-of-turn separator, one sentence per subject."""
     if not with_images or not words:
         return prompt
     sentences = " ".join(f"The {word} looks like <image>." for word in words)
-    return f"{prompt} {SEPARATOR} {sentences}"
+    return f"{prompt}{separator}{sentences}"
 
 
 @dataclass
@@ -60,10 +78,14 @@ def image_grid(llava_config) -> int:
 class TextImageFusion:
     """Runs LLaVA over the structured prompt; holds no weights of its own."""
 
-    def __init__(self, text_encoder, tokenizer, image_processor):
+    def __init__(self, text_encoder, tokenizer, image_processor, separator: str = END_OF_TURN):
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        if len(self._ids(separator)) != 1:
+            raise ValueError(f"the fusion separator {separator!r} is not one token of this tokenizer: give its "
+                             "end-of-turn token")
+        self.separator = separator
         self.grid = image_grid(text_encoder.config)
         self.image_token_id = text_encoder.config.image_token_id
 
@@ -73,7 +95,7 @@ class TextImageFusion:
     @torch.no_grad()
     def encode(self, prompt: str, subjects: list[tuple[str, Image.Image]], with_images: bool = True) -> FusedPrompt:
         words = [w for w, _ in subjects]
-        user = fusion_text(prompt, words, with_images)
+        user = fusion_text(prompt, words, with_images, self.separator)
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         prefix = bos + self._ids(SYSTEM_PREFIX)
         user_ids = self._ids(user)
@@ -101,7 +123,7 @@ class TextImageFusion:
         input_ids = torch.tensor([prefix + expanded + suffix], device=device)
         pixel_values = None
         if n_images:
-            images = [img.convert("RGB") for _, img in subjects]
+            images = [square_subject_image(img) for _, img in subjects]  # the processor's crop then keeps all
             pixel_values = self.image_processor(images, return_tensors="pt").pixel_values.to(
                 device=device, dtype=self.text_encoder.dtype)
         hidden = self.text_encoder(input_ids=input_ids, pixel_values=pixel_values,

@@ -5,25 +5,56 @@ torch-free in options.INJECTION_STRATEGIES for the API and CLI (a test ties the 
 one class here: a module built once per double-stream block and run before it, and what of the block
 it adapts with PolyVivid's LoRA.
 
-Attention-inherited identity injection (paper 4.3):
+Attention-inherited identity injection (paper 4.3, Eq. 7-8):
 In every double-stream block, before the block's own MM-attention, the video tokens attend to the
 identity-enhanced subject tokens: queries come from the block's video Q projection, keys and values
-from the block's video K/V projections (the weights are inherited, i.e. the very same modules,
-adapted with LoRA). The result goes through an FFN and a zero-initialised FC and is added to the
-video stream, so a fresh module leaves the base model's output unchanged.
+from the block's video K/V projections (Eq. 7: the pretrained weights, reparameterised with LoRA).
+The result goes through the block's own pretrained FFN with LoRA (Eq. 8's FFN^) and a
+zero-initialised FC, and is added to the video stream, so a fresh module leaves the base model's
+output unchanged.
 
-`AdapterInjection` is the IP-Adapter-style ablation: inherited Q, but new K/V projections trained
+The LoRA is the injection's own (`InheritedLoRA`: the low-rank update lives in the injection module,
+the pretrained weight is borrowed from the block at call time). So it acts only inside the injection:
+the block's MM-attention and FFN keep running on the pretrained weights, for requests without subjects
+and for the unconditional branch too.
+
+`AdapterInjection` is the IP-Adapter-style ablation: the pretrained Q, but new K/V projections trained
 from scratch, no FFN; the same zero-initialised output FC.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from diffusers.models.attention import FeedForward
+
+
+def pretrained(linear: nn.Module) -> nn.Module:
+    """The pretrained Linear under a peft LoRA wrapper, if any (the interaction's LoRA in
+    interaction_weights="shared" mode must not leak into the injection either)."""
+    return getattr(linear, "base_layer", linear)
+
+
+class InheritedLoRA(nn.Module):
+    """W x + (alpha / r) B A x, where W is a block's pretrained Linear passed in at call time (never
+    stored here: it stays the block's parameter, loaded, sharded and frozen with the block)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.lora_A = nn.Linear(in_features, rank, bias=False)
+        self.lora_B = nn.Linear(rank, out_features, bias=False)
+        self.scaling = alpha / rank
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as peft: A random, B zero
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        return pretrained(base)(x) + self.lora_B(self.lora_A(x)) * self.scaling
 
 
 def subject_cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int,
@@ -82,8 +113,8 @@ class _SubjectInjection(InjectionStrategy):
         self.proj_out = nn.Linear(dim, dim)
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
+        for module in self.children():  # a LoRA resets its own factors (B = 0)
+            if isinstance(module, (nn.Linear, InheritedLoRA)):
                 module.reset_parameters()
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -91,37 +122,49 @@ class _SubjectInjection(InjectionStrategy):
     def keys_values(self, subjects: torch.Tensor, attn: nn.Module):
         raise NotImplementedError
 
-    def transform(self, out: torch.Tensor) -> torch.Tensor:
+    def transform(self, out: torch.Tensor, block: nn.Module) -> torch.Tensor:
         return out
 
+    def query(self, video: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+        return pretrained(attn.to_q)(video)
+
     def forward(self, video: torch.Tensor, subjects: torch.Tensor, subject_mask: torch.Tensor | None,
-                attn: nn.Module) -> torch.Tensor:
-        """`attn` is the block's own Attention: its to_q (with its LoRA) is the inherited query projection."""
+                block: nn.Module) -> torch.Tensor:
+        """`block` is the double-stream block this module runs before: its pretrained weights are inherited."""
+        attn = block.attn
         key, value, norm_k = self.keys_values(self.norm_subject(subjects), attn)
-        out = subject_cross_attention(attn.to_q(self.norm_video(video)), key, value, attn.heads, attn.norm_q,
+        out = subject_cross_attention(self.query(self.norm_video(video), attn), key, value, attn.heads, attn.norm_q,
                                       norm_k, subject_mask)
-        return video + self.proj_out(self.transform(out))
+        return video + self.proj_out(self.transform(out, block))
 
 
 class IdentityInjection(_SubjectInjection):
-    """Cross-attention (inherited, LoRA'd video Q/K/V) -> FFN -> zero-initialised FC, added to video."""
+    """Cross-attention (pretrained video Q/K/V + LoRA) -> the block's pretrained FFN + LoRA ->
+    zero-initialised FC, added to the video stream (Eq. 7-8)."""
 
-    lora_targets = VIDEO_QKV
-
-    def __init__(self, dim: int, ffn_mult: float = 1.0):
+    def __init__(self, dim: int, ffn_dim: int, rank: int, alpha: float):
         super().__init__(dim)
-        self.ff = FeedForward(dim, mult=ffn_mult, activation_fn="gelu-approximate")
+        self.lora_q, self.lora_k, self.lora_v = (InheritedLoRA(dim, dim, rank, alpha) for _ in range(3))
+        self.lora_ff_in = InheritedLoRA(dim, ffn_dim, rank, alpha)
+        self.lora_ff_out = InheritedLoRA(ffn_dim, dim, rank, alpha)
         self.reset_parameters()
 
     @classmethod
     def build(cls, block, config):
-        return cls(config.num_attention_heads * config.attention_head_dim, config.injection_ffn_mult)
+        dim = config.num_attention_heads * config.attention_head_dim
+        return cls(dim, pretrained(block.ff.net[0].proj).out_features, config.lora_rank, config.lora_alpha)
+
+    def query(self, video, attn):
+        return self.lora_q(video, attn.to_q)
 
     def keys_values(self, subjects, attn):
-        return attn.to_k(subjects), attn.to_v(subjects), attn.norm_k
+        return self.lora_k(subjects, attn.to_k), self.lora_v(subjects, attn.to_v), attn.norm_k
 
-    def transform(self, out):
-        return self.ff(out)
+    def transform(self, out, block):
+        # diffusers' FeedForward: net[0] is GELU (a Linear, then gelu), net[1] dropout, net[2] the Linear out
+        gelu = block.ff.net[0]
+        hidden = F.gelu(self.lora_ff_in(out, gelu.proj), approximate=gelu.approximate)
+        return self.lora_ff_out(hidden, block.ff.net[2])
 
 
 class AdapterInjection(_SubjectInjection):

@@ -28,7 +28,7 @@ SMOKE_PRESET = "tiny"
 # The PolyVividTransformer config keys that are PolyVivid's own (not HunyuanVideo's): what a weights
 # card stores, so a weights artifact rebuilds the same modules.
 TRANSFORMER_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion", "interaction_block",
-                       "interaction_weights", "injection_ffn_mult", "lora_rank", "lora_alpha", "max_subjects")
+                       "interaction_weights", "lora_rank", "lora_alpha", "max_subjects")
 # Those of them a PolyVividTraining's spec.model sets (the rest follow spec.lora or the preset).
 SPEC_TRANSFORMER_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion",
                             "interaction_block")

@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from .fusion import TextImageFusion, encode_subject_images
+from .fusion import END_OF_TURN, TextImageFusion, encode_subject_images, square_subject_image
 from .options import TRANSFORMER_OPTIONS
 from .presets import get_preset
 from .request import InvalidRequest, validate_request  # noqa: F401  (re-exported)
@@ -39,16 +39,16 @@ PIPELINE_CARD = "polyvivid_pipeline.json"  # marks a PolyVivid-weights-only dire
 
 
 def _image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """Centre-crop to square, resize, [3, size, size] in [-1, 1]."""
-    image = image.convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    """Padded to a square (fusion.square_subject_image), resized, [3, size, size] in [-1, 1]."""
+    image = square_subject_image(image).resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
 class PolyVividPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    # <SEP> of the fused prompt: the text encoder's end-of-turn token (fusion.py); set it for an MLLM
+    # whose chat format ends a turn with another token.
+    fusion_separator = END_OF_TURN
 
     def __init__(self, transformer: PolyVividTransformer, vae: AutoencoderKLHunyuanVideo,
                  scheduler: FlowMatchEulerDiscreteScheduler, text_encoder: LlavaForConditionalGeneration,
@@ -70,6 +70,7 @@ class PolyVividPipeline(DiffusionPipeline):
         preset = get_preset(name)
         torch.manual_seed(seed)
         transformer = PolyVividTransformer(**{**preset.transformer, **transformer_overrides})
+        transformer.inherit_interaction_weights()  # as from_hunyuanvideo: the interaction block starts as a copy
         vae = AutoencoderKLHunyuanVideo(**preset.vae)
         llava = LlavaForConditionalGeneration(LlavaConfig(
             vision_config=CLIPVisionConfig(**preset.llava_vision).to_dict(),
@@ -201,7 +202,7 @@ class PolyVividPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                timestep = t.expand(1).to(dtype)
+                timestep = t.expand(1).float()  # fp32, as diffusers: in bf16, 995.1 would be 996
                 noise_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, guidance=guidance,
                                               **cond).sample
                 if uncond is not None:
@@ -223,7 +224,7 @@ class PolyVividPipeline(DiffusionPipeline):
         """The transformer's conditioning inputs for one prompt and its subjects."""
         cfg = self.transformer.config
         device, dtype = self.transformer.device, self.transformer.dtype
-        fusion = TextImageFusion(self.text_encoder, self.tokenizer, self.image_processor)
+        fusion = TextImageFusion(self.text_encoder, self.tokenizer, self.image_processor, self.fusion_separator)
         fused = fusion.encode(prompt, subjects, with_images=cfg.use_llava_fusion)
         cond = dict(
             encoder_hidden_states=fused.embeds.to(device, dtype),
@@ -311,6 +312,10 @@ def _load_pipeline(ref: str, torch_dtype: torch.dtype, base: str | None) -> Poly
                                 f"nor PolyVivid weights ({PIPELINE_CARD})")
     card = json.loads(card_path.read_text())
     options = card.get("transformer_options", {})
+    unknown = sorted(set(options) - set(TRANSFORMER_OPTIONS))
+    if unknown:  # e.g. injection_ffn_mult: weights of the injection before it inherited the blocks' FFN
+        raise DamagedModel(f"{ref}: its card names transformer options this PolyVivid does not have "
+                           f"({', '.join(unknown)}): weights from an older version; train them again")
     base = {"hunyuanvideo": f"{base.rstrip('/')}/hunyuanvideo", "llava": f"{base.rstrip('/')}/llava"} if base \
         else card["base"]
     if "preset" in base:

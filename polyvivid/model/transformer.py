@@ -4,7 +4,11 @@ It subclasses diffusers' `HunyuanVideoTransformer3DModel` and overrides `forward
 names, `from_pretrained`, LoRA and gradient checkpointing work as for the base model. PolyVivid's
 own parameters are the LoRA adapter "polyvivid" and the modules under `identity_injection`; they
 are what training updates and what `polyvivid_state_dict()` saves. Without subject latents the
-forward is exactly the base model's.
+forward is exactly the base model's, whatever PolyVivid's weights: the injection's LoRA lives in the
+injection modules and the interaction's in its own copy of a block. The exceptions are the ablations
+that adapt the base blocks themselves: `token_concat` (its LoRA is on the blocks' video Q/K/V, which
+video and subject tokens share, as in OmniControl) and `interaction_weights="shared"` (the interaction
+LoRA sits on the shared block); both change the subject-free forward once trained.
 
 Injection strategies (paper Table 2):
   cross_attention  attention-inherited identity injection (4.3), the default
@@ -65,7 +69,6 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         use_llava_fusion: bool = True,
         interaction_block: int = 0,
         interaction_weights: str = "copy",
-        injection_ffn_mult: float = 1.0,
         lora_rank: int = 16,
         lora_alpha: float = 16.0,
         max_subjects: int = 4,
@@ -134,14 +137,16 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
     def parameter_group(name: str) -> str:
         """Which of TRAINABLE_GROUPS one of PolyVivid's own parameters belongs to."""
         if name.startswith("identity_injection."):
-            return "identity_injection"
+            return "lora_blocks" if ".lora_" in name else "identity_injection"
         return "lora_interaction" if name.startswith("interaction.") else "lora_blocks"
 
     def freeze_base(self, groups: tuple[str, ...] | list[str] = TRAINABLE_GROUPS) -> dict[str, int]:
         """Freeze everything but PolyVivid's own parameters in `groups`; returns trainable counts by group.
 
-        lora_blocks is the LoRA on the double blocks' video Q/K/V (the inherited injection weights);
-        in interaction_weights="shared" mode it also holds the shared block's interaction LoRA.
+        identity_injection: the injection modules' own weights (the zero-initialised FC; the adapter's K/V).
+        lora_blocks: the LoRA on the pretrained weights the injection inherits from each double block
+        (video Q/K/V and FFN; token_concat: the blocks' video Q/K/V); in interaction_weights="shared"
+        mode also the shared block's interaction LoRA.
         """
         unknown = set(groups) - set(self.TRAINABLE_GROUPS)
         if unknown:
@@ -337,7 +342,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
 
         for i, block in enumerate(self.transformer_blocks):
             if self.identity_injection is not None:
-                video = self._run(self.identity_injection[i], video, subjects, subject_token_mask, block.attn)
+                video = self._run(self.identity_injection[i], video, subjects, subject_token_mask, block)
             video, text = self._run(block, video, text, temb, attention_mask, video_rope)
         for block in self.single_transformer_blocks:
             video, text = self._run(block, video, text, temb, attention_mask, video_rope)

@@ -21,9 +21,9 @@ broadcast_from_rank0), so all ranks resume from the same checkpoint, and storage
 
 Saving gathers full tensors to rank 0 (one at a time, onto its CPU), which writes the files. That is
 affordable because only PolyVivid's own parameters are saved: at hunyuan-13b with LoRA rank 64 they are
-596M of 13.8B (the injection modules 566M, the LoRA 30M), 2.4 GB in fp32 and 7.2 GB with AdamW's two
-moments, once per checkpointInterval. Sharded files per rank would save rank 0's memory and upload time
-but would need every rank's files to agree on a manifest; not worth it at this size.
+258M (the injection's zero-initialised FCs 189M, the LoRA 69M), 1.0 GB in fp32 and 3.1 GB with AdamW's
+two moments, once per checkpointInterval. Sharded files per rank would save rank 0's memory and upload
+time but would need every rank's files to agree on a manifest; not worth it at this size.
 
 After a new checkpoint is complete, rank 0 deletes those older than the keep-th newest good one, where
 "good" means written or verified by this process: a checkpoint damaged since is never counted, so the

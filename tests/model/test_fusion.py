@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polyvivid.model.fusion import SEPARATOR, TextImageFusion, fusion_text
+from polyvivid.model.fusion import END_OF_TURN, TextImageFusion, fusion_text
 from polyvivid.model.pipeline import PolyVividPipeline
 from polyvivid.samples import draw_subject
 
@@ -17,8 +17,17 @@ def pipe():
 
 def test_structured_prompt():
     assert fusion_text("A man plays the guitar", ["man", "guitar"]) == (
-        f"A man plays the guitar {SEPARATOR} The man looks like <image>. The guitar looks like <image>.")
+        "A man plays the guitar<|eot_id|>The man looks like <image>. The guitar looks like <image>.")
     assert fusion_text("A man", ["man"], with_images=False) == "A man"
+
+
+def test_the_separator_is_the_tokenizers_end_of_turn_token(pipe):
+    ids = pipe.tokenizer(fusion_text("A man waves", ["man"]), add_special_tokens=False)["input_ids"]
+    eot = pipe.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    assert ids.count(eot) == 1  # one token, not the five characters of "<SEP>"
+    assert "SEP" not in pipe.tokenizer.decode(ids)
+    with pytest.raises(ValueError, match="not one token"):
+        TextImageFusion(pipe.text_encoder, pipe.tokenizer, pipe.image_processor, separator="<SEP>")
 
 
 def test_z_t_holds_text_then_each_subjects_image_run(pipe):
@@ -33,7 +42,7 @@ def test_z_t_holds_text_then_each_subjects_image_run(pipe):
     assert fused.embeds.shape == (1, n_text + 2 * grid * grid, 32)
     assert sum(fused.text_lengths) == n_text and len(fused.text_lengths) == 3
     # " The man looks like " ends the first text run; "." ends the last.
-    first = len(pipe.tokenizer(f"A man plays the guitar {SEPARATOR} The man looks like ",
+    first = len(pipe.tokenizer(f"A man plays the guitar{END_OF_TURN}The man looks like ",
                                add_special_tokens=False)["input_ids"])
     assert fused.text_lengths[0] == first and fused.text_lengths[2] == 1
     assert fused.text_positions.shape == (fused.embeds.shape[1], 3)

@@ -216,3 +216,28 @@ def test_a_padded_batch_gives_each_sample_what_it_gets_alone():
     assert torch.allclose(together, torch.cat(alone), atol=1e-5)
     with pytest.raises(ValueError, match="with subjects and conditions without"):
         batch_conditions([conditions[0], pipe.encode_conditions("A man waves", [])])
+
+
+def test_a_random_preset_starts_its_interaction_block_as_a_copy_of_the_base_block():
+    pipe = PolyVividPipeline.from_preset("tiny", seed=3)
+    transformer = pipe.transformer
+    unwrap = lambda state: {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}  # noqa: E731
+    base = unwrap(transformer.transformer_blocks[transformer.config.interaction_block].state_dict())
+    copied = unwrap(transformer.interaction.block.state_dict())
+    assert copied.keys() == base.keys() and all(torch.equal(copied[k], base[k]) for k in base)
+
+
+def test_the_timestep_reaches_the_transformer_in_fp32_in_a_bf16_pipeline():
+    pipe = PolyVividPipeline.from_preset("tiny").to(torch.bfloat16)
+    seen = []
+    forward = pipe.transformer.forward
+
+    def recording(*args, **kwargs):  # a spy around the real forward
+        seen.append(kwargs["timestep"])
+        return forward(*args, **kwargs)
+
+    pipe.transformer.forward = recording
+    generate(pipe, num_frames=5, height=32, width=32, num_inference_steps=5)
+    assert seen and all(t.dtype == torch.float32 for t in seen)
+    assert {t.item() for t in seen} == set(pipe.scheduler.timesteps.tolist())  # not rounded (995.1 is no 996)
+    assert any(t.item() != round(t.item()) for t in seen)

@@ -71,16 +71,60 @@ def test_lora_sits_exactly_on_the_intended_modules():
     interaction = {f"interaction.block.{p}" for p in (
         "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
         "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")}
-    injection = {f"transformer_blocks.{i}.attn.to_{x}" for i in range(TINY["num_layers"]) for x in "qkv"}
+    # The injection's LoRA is its own (Eq. 7-8): on the inherited video Q/K/V and FFN, inside the
+    # injection modules; nothing of the base blocks is wrapped.
+    injection = {f"identity_injection.{i}.lora_{x}" for i in range(TINY["num_layers"])
+                 for x in ("q", "k", "v", "ff_in", "ff_out")}
     assert lora == interaction | injection
-    assert not any(re.search(r"token_refiner|single_transformer_blocks|context_embedder", n) for n in lora)
+    assert not any(re.search(r"transformer_blocks|token_refiner|context_embedder", n) for n in lora)
 
     adapter = tiny_transformer(injection="adapter")
     assert {n for n, m in adapter.named_modules() if hasattr(m, "lora_A")} == interaction
+    concat = tiny_transformer(injection="token_concat")
+    assert {n for n, m in concat.named_modules() if hasattr(m, "lora_A")} == interaction | {
+        f"transformer_blocks.{i}.attn.to_{x}" for i in range(TINY["num_layers"]) for x in "qkv"}
     shared = tiny_transformer(interaction_weights="shared", injection="none")
     assert {n for n, m in shared.named_modules() if hasattr(m, "lora_A")} == {
         n.replace("interaction.block", "transformer_blocks.0") for n in interaction}
     assert shared.interaction.block is None
+
+
+@pytest.mark.parametrize("injection", ["cross_attention", "adapter", "none"])
+def test_without_subjects_it_is_the_base_model_whatever_polyvivids_weights(inputs, injection):
+    """The invariant of Eq. 7-8: PolyVivid's LoRA acts only inside the injection (and the interaction's
+    own block copy), so the subject-free forward (a request without subjects, CFG's unconditional
+    branch) runs the pretrained weights however far training moved PolyVivid's parameters."""
+    model = tiny_transformer(injection=injection)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in set(model.polyvivid_parameter_names()):
+                param.normal_(std=0.3)
+    assert torch.equal(run(model, without_subjects(inputs)), run(base_twin(model), without_subjects(inputs)))
+    assert not torch.allclose(run(model, inputs), run(base_twin(model), without_subjects(inputs)), atol=1e-3)
+
+
+def test_token_concat_documents_its_own_rule(inputs):
+    """token_concat adapts the blocks' shared video Q/K/V (OmniControl): once trained, its subject-free
+    forward is no longer the base model's (the transformer's docstring says so)."""
+    model = tiny_transformer(injection="token_concat")
+    assert torch.equal(run(model, without_subjects(inputs)), run(base_twin(model), without_subjects(inputs)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("transformer_blocks.") and "lora_B" in name:
+                param.normal_(std=0.3)
+    assert not torch.allclose(run(model, without_subjects(inputs)), run(base_twin(model), without_subjects(inputs)),
+                              atol=1e-4)
+
+
+def test_the_injection_ffn_is_the_blocks_pretrained_ffn_until_its_lora_moves():
+    model = tiny_transformer()
+    block, injection = model.transformer_blocks[1], model.identity_injection[1]
+    x = torch.randn(2, 7, TINY["num_attention_heads"] * TINY["attention_head_dim"])
+    with torch.no_grad():
+        assert torch.allclose(injection.transform(x, block), block.ff(x), atol=1e-6)
+        injection.lora_ff_out.lora_B.weight.normal_(std=0.3)
+        assert not torch.allclose(injection.transform(x, block), block.ff(x), atol=1e-4)
+    assert all("lora_" in n or n.startswith("proj_out.") for n, _ in injection.named_parameters())
 
 
 def test_gradients_reach_only_trainable_parameters(inputs):
@@ -223,13 +267,18 @@ def test_hunyuan_13b_parameter_counts():
     lora = lambda i, o: r * (i + o)
     double_block = count(base.transformer_blocks[0])
     interaction_lora = 6 * lora(d, d) + 2 * (lora(d, 4 * d) + lora(4 * d, d))
-    injection = layers * ((d * d + d) * 2 + (d * d + d))  # FFN (mult 1) + zero FC
-    injection_lora = layers * 3 * lora(d, d)
+    zero_fc = layers * (d * d + d)  # the injection's only full-size new weight (Eq. 8's FC)
+    injection_lora = layers * (3 * lora(d, d) + lora(d, 4 * d) + lora(4 * d, d))  # Q/K/V and the block's FFN
     assert count(model, lambda n: "lora_" not in n and not n.startswith(("interaction.", "identity_injection."))) == base_params
     assert count(model.interaction, lambda n: "lora_" not in n) == double_block
-    assert count(model, lambda n: n.startswith("identity_injection.")) == injection
+    assert count(model, lambda n: n.startswith("identity_injection.") and "lora_" not in n) == zero_fc
     assert count(model, lambda n: "lora_" in n) == interaction_lora + injection_lora
-    assert count(model) == base_params + double_block + injection + interaction_lora + injection_lora
+    assert count(model) == base_params + double_block + zero_fc + interaction_lora + injection_lora
+    # What training updates (README "Checkpoints"): 258,011,136 at rank 64. Before the injection
+    # inherited the blocks' FFN (a new FFN of width multiplier 1 per block): 596,299,776.
+    trainable = zero_fc + interaction_lora + injection_lora
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in set(model.polyvivid_parameter_names()))
+    assert r != 64 or trainable == 258_011_136, trainable
 
 
 def test_trainable_groups_can_be_chosen():
@@ -237,6 +286,9 @@ def test_trainable_groups_can_be_chosen():
     counts = model.freeze_base(["identity_injection"])
     assert set(counts) == {"identity_injection"}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n in model.polyvivid_parameter_names() if n.startswith("identity_injection.")}
+        n for n in model.polyvivid_parameter_names() if n.startswith("identity_injection.") and ".lora_" not in n}
+    model.freeze_base(["lora_blocks"])  # the injection's LoRA on the inherited Q/K/V and FFN
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n in model.polyvivid_parameter_names() if n.startswith("identity_injection.") and ".lora_" in n}
     with pytest.raises(ValueError, match="unknown trainable groups"):
         model.freeze_base(["everything"])
