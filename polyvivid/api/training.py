@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..model.options import (DEFAULT_INJECTION, SMOKE_PRESET, SPEC_TRANSFORMER_OPTIONS, TRAINABLE_GROUPS,
-                             InjectionStrategy, PresetName, TrainableGroup)
+                             InjectionName, PresetName, TrainableGroup)
 from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec
 
 
@@ -57,7 +57,7 @@ class ModelSource(ApiModel):
     seed: int = Field(0, description="seed of a preset's random weights")
     hunyuanvideo: str | None = Field(None, description="URI of a diffusers HunyuanVideo directory")
     llava: str | None = Field(None, description="URI of a transformers LLaVA directory")
-    injection: InjectionStrategy = DEFAULT_INJECTION
+    injection: InjectionName = DEFAULT_INJECTION
     use_interaction: bool = True
     use_interaction_rope: bool = True
     use_llava_fusion: bool = True

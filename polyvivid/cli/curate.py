@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "curate", help="turn raw videos into a multi-subject dataset (a CurationJob)",
         description="Run the CurationJob in SPEC on Ray: split into clips, filter, caption, ground each subject\n"
                     "phrase (Florence-2), segment it (SAM2), check it (CLIP) and consolidate (cliques); writes\n"
-                    "clips, subject images, manifest.jsonl and summary.json. Finished videos are skipped on a re-run.\n\n"
+                    "clips, subject images, manifest.jsonl and summary.json. Finished videos are skipped on a "
+                    "re-run.\n\n"
                     "stages (their names in summary.json; each is configured by the spec field of that name):\n"
                     + _stages(),
         epilog="example: polyvivid curate curation.yaml --local",

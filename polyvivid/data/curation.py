@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from ..api.curation import CURATION_STAGES, CurationSpec
+from ..api.curation import CURATION_STAGE_NAMES, CURATION_STAGES, CurationSpec
 from ..storage import ObjectNotFound, StorageError, open_store
 from ..telemetry import CURATION
 from ..video import png_bytes
@@ -83,7 +83,7 @@ def _timed(row: dict, stage: str, started: float) -> dict:
     return row
 
 
-# ---------------------------------------------------------------------------------------- split, filters
+# -------------------------------------------------------------------------------- split, filters
 _HOOKS: dict = {}
 
 
@@ -143,12 +143,13 @@ def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
         if reason:
             out.append(rejected(base, "filters", reason))
             continue
+        # split and filters are timed together, under "split"
         out.append(_timed({**base, "frames": frames, "fps": min(split.sample_fps, video.fps),
-                           "border": [top, bottom, left, right]}, "split", started))  # split and filters, timed together
+                           "border": [top, bottom, left, right]}, "split", started))
     return out
 
 
-# ---------------------------------------------------------------------------------------- caption, grounding, segmentation, consolidation
+# ------------------------------------------------ caption, grounding, segmentation, consolidation
 def sample_frames(frames: np.ndarray, count: int) -> list[int]:
     return sorted(set(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int).tolist()))
 
@@ -348,10 +349,8 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
         # Every row is one python object under "item": rows differ in shape (clips, rejects), and an
         # Arrow schema per stage would only get in the way.
         ds = ray.data.from_items([{"item": {"video": k}} for k in todo])
-        for stage in CURATION_STAGES:
-            runner = globals()[stage.runner] if stage.runner else None
-            if runner is None:
-                continue
+        for stage in (s for s in CURATION_STAGES if s.runner):  # the others run inside the previous runner
+            runner = globals()[stage.runner]
             if stage.actor_pool:
                 res = getattr(spec, stage.name).resources
                 ds = ds.map(_actor(runner), fn_constructor_kwargs={"spec": spec}, concurrency=res.actors,
@@ -382,8 +381,8 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
     by_stage = Counter(r["stage"] for r in rejects)
     # Rows into and out of every stage: videos into split, clips from then on.
     counts, flowing = {}, len(videos)
-    for stage in (s.name for s in CURATION_STAGES):
-        if stage == CURATION_STAGES[0].name:
+    for stage in CURATION_STAGE_NAMES:
+        if stage == CURATION_STAGE_NAMES[0]:
             out_count = len(records) + sum(n for s, n in by_stage.items() if s != "split")
         else:
             out_count = flowing - by_stage.get(stage, 0)

@@ -93,12 +93,9 @@ class InjectionStrategy(nn.Module):
         """The module for one double-stream `block` of a transformer with `config`."""
         raise NotImplementedError(f"{cls.__name__} has no per-block module")
 
-    def reset_parameters(self) -> None:
-        pass
-
 
 class _SubjectInjection(InjectionStrategy):
-    """What both module strategies share: pre-norms, inherited (LoRA'd) video Q, the zero-initialised FC.
+    """What both module strategies share: pre-norms, the block's video Q, the zero-initialised FC.
 
     Subclasses say where keys and values come from (`keys_values`) and what follows the attention
     (`transform`).

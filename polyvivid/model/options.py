@@ -34,6 +34,6 @@ SPEC_TRANSFORMER_OPTIONS = ("injection", "use_interaction", "use_interaction_rop
                             "interaction_block")
 
 # pydantic enums built from the tuples above (Literal of a tuple is the Literal of its items).
-InjectionStrategy = Literal[INJECTION_STRATEGIES]  # type: ignore[valid-type]
+InjectionName = Literal[INJECTION_STRATEGIES]  # type: ignore[valid-type]
 TrainableGroup = Literal[TRAINABLE_GROUPS]  # type: ignore[valid-type]
 PresetName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
