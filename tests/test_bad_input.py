@@ -19,10 +19,12 @@ import yaml
 from polyvivid.cli import main
 from polyvivid.samples import draw_subject
 
+from .specs import with_random_models
+
 TRAINING = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividTraining", "metadata": {"name": "t"},
             "spec": {"model": {"preset": "tiny"}, "dataset": {"uri": "data"}, "output": "out"}}
 CURATION = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
-            "spec": {"input": "raw", "output": "out"}}
+            "spec": with_random_models({"input": "raw", "output": "out"})}
 MANIFESTS = {"train": TRAINING, "curate": CURATION, "render": TRAINING}
 
 

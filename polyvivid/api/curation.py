@@ -11,7 +11,9 @@ from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSp
 
 
 class ModelRef(ApiModel):
-    """A model for one stage: a path or s3:// URI in its library's layout, or the `tiny` preset."""
+    """A model for one stage: a path or s3:// URI in its library's layout, or `preset: tiny`, random
+    weights in tiny shapes that make a junk dataset (smoke tests of the machinery only). Nothing
+    defaults to it: a spec that wants random models says so, stage by stage."""
 
     uri: str | None = None
     preset: Literal["tiny"] | None = None
@@ -35,7 +37,8 @@ class SplitSpec(ApiModel):
     min_clip_seconds: float = Field(2.0, gt=0)
     max_clip_seconds: float = Field(20.0, gt=0)
     shot_threshold: float = Field(0.35, gt=0, le=2, description="histogram distance between frames that starts a new shot")
-    sample_fps: float = Field(8.0, gt=0, description="frames per second kept in the written clips")
+    max_fps: float = Field(24.0, gt=0, description="clips keep their source frame rate up to this (above it, "
+                           "frames are dropped evenly); 24 is the rate HunyuanVideo generates at")
 
     @model_validator(mode="after")
     def _range(self):
@@ -56,32 +59,46 @@ class FilterSpec(ApiModel):
 
 
 class CaptionSpec(ApiModel):
-    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    model: ModelRef | None = Field(None, description="Qwen2.5-VL (required)")
     max_new_tokens: int = Field(128, ge=1)
     resources: StageResources = Field(default_factory=StageResources)
 
 
+# Florence-2's probability that a box follows the phrase at which the phrase is found (data/grounding.py)
+MIN_GROUNDING_SCORE = 0.5
+
+
 class GroundingSpec(ApiModel):
-    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    model: ModelRef | None = Field(None, description="Florence-2 (required)")
     frames_per_clip: int = Field(6, ge=1, le=64, description="frames sampled per clip for grounding")
+    min_score: float = Field(MIN_GROUNDING_SCORE, ge=0, le=1,
+                             description="Florence-2's probability that a box follows the phrase, needed to count it "
+                                         "found; below it the subject is absent from that frame")
     resources: StageResources = Field(default_factory=StageResources)
 
 
 class SegmentationSpec(ApiModel):
     """SAM2, and the actors that also run the CLIP check and consolidation."""
 
-    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    model: ModelRef | None = Field(None, description="SAM2 (required)")
     resources: StageResources = Field(default_factory=StageResources)
 
 
 class ClipScoreSpec(ApiModel):
-    model: ModelRef = Field(default_factory=lambda: ModelRef(preset="tiny"))
+    model: ModelRef | None = Field(None, description="CLIP (required)")
     min_score: float = Field(0.2, ge=-1, le=1, description="CLIP cosine similarity of cut-out and phrase to keep it")
 
 
 class ConsolidationSpec(ApiModel):
     max_distance: float = Field(0.3, gt=0, le=2, description="cosine distance under which two detections agree")
     reference_images: int = Field(1, ge=1, le=8, description="reference images kept per subject")
+
+
+# (field, YAML name) of the settings whose `model` every run needs, and of the optional filter models
+REQUIRED_MODELS = (("caption", "caption"), ("grounding", "grounding"), ("segmentation", "segmentation"),
+                   ("clip_score", "clipScore"))
+FILTER_MODELS = (("subtitle_detector", "subtitleDetector"), ("watermark_detector", "watermarkDetector"),
+                 ("quality_scorer", "qualityScorer"))
 
 
 class CurationSpec(ApiModel):
@@ -100,6 +117,21 @@ class CurationSpec(ApiModel):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
 
+    @model_validator(mode="after")
+    def _required_models(self):
+        missing = [f"{alias}.model" for name, alias in REQUIRED_MODELS if getattr(self, name).model is None]
+        if missing:
+            raise ValueError(f"no model for {', '.join(missing)}: give each `uri:` (a path or s3:// URI in the "
+                             "model's own layout), or `preset: tiny` for random weights (a smoke test: the "
+                             "dataset is junk)")
+        return self
+
+    def random_model_stages(self) -> list[str]:
+        """The spec fields (their YAML names) whose model is the random tiny preset."""
+        refs = [(f"{alias}.model", getattr(self, name).model) for name, alias in REQUIRED_MODELS]
+        refs += [(f"filters.{alias}", getattr(self.filters, name)) for name, alias in FILTER_MODELS]
+        return [field for field, ref in refs if ref is not None and ref.preset is not None]
+
 
 @dataclass(frozen=True)
 class CurationStage:
@@ -111,6 +143,9 @@ class CurationStage:
     what: str
     actor_pool: bool = False  # a pool of Ray actors sized by spec.<name>.resources; else light CPU tasks
     fans_out: bool = False  # one row in (a video), many out (its clips)
+    # its rejects depend on models or caption files, not on the video itself (a better model, a caption
+    # beside the video can pass them): a re-run retries the video
+    fixable: bool = False
 
 
 # In pipeline order: read by the pipeline (polyvivid/data/curation.py), the operator's validation and
@@ -118,15 +153,19 @@ class CurationStage:
 CURATION_STAGES = (
     CurationStage("split", "split_and_filter", "decode, cut at shot changes, keep clips within the length range",
                   fans_out=True),
-    CurationStage("filters", None, "crop black borders, drop transitions and static clips, resample fps"),
+    CurationStage("filters", None, "crop black borders, drop transitions and static clips, cap the frame rate"),
     CurationStage("caption", "CaptionStage", "caption files beside the video, else the MLLM; subject phrases",
-                  actor_pool=True),
-    CurationStage("grounding", "GroundingStage", "Florence-2 box of every phrase on sampled frames", actor_pool=True),
+                  actor_pool=True, fixable=True),
+    CurationStage("grounding", "GroundingStage", "Florence-2 box of every phrase, in the caption, on sampled frames",
+                  actor_pool=True, fixable=True),
     CurationStage("segmentation", "SegmentationStage",
-                  "SAM2 in each box, largest object, cut-out; CLIP score vs the phrase (clipScore)", actor_pool=True),
-    CurationStage("consolidation", None, "maximum cliques of CLIP features; the first kept clique is the subject"),
+                  "SAM2 in each box, largest object, cut-out; CLIP score vs the phrase (clipScore)",
+                  actor_pool=True, fixable=True),
+    CurationStage("consolidation", None, "maximum cliques of CLIP features; every clique kept is a subject",
+                  fixable=True),
     CurationStage("write", "write_clip", "clip, subject images, manifest.jsonl and summary.json to the output"),
 )
+FIXABLE_STAGES = frozenset(stage.name for stage in CURATION_STAGES if stage.fixable)
 CURATION_STAGE_NAMES = tuple(stage.name for stage in CURATION_STAGES)
 
 

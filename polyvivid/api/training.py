@@ -1,9 +1,10 @@
 """PolyVividTraining: progressive two-stage training of PolyVivid (paper appendix A.2).
 
-Defaults are the paper's: stage `identity` (at most one subject per sample) then stage
-`interaction` (several subjects), 5,000 steps each, the first 1,000 of each at reduced resolution,
-global batch 256. The resolutions are ours (the paper does not give them): 544x960 with 129 frames,
-and 272x480 with 33 frames for the reduced part.
+Defaults are the paper's: stage `identity` (single-subject samples) then stage `interaction`
+(samples with 2..maxSubjects subjects; data/loader.py stage_view has the fallback), 5,000 steps
+each, the first 1,000 of each at reduced resolution, global batch 256. The resolutions are ours
+(the paper does not give them): 544x960 with 129 frames, and 272x480 with 33 frames for the
+reduced part.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ class Stage(ApiModel):
     name: Literal["identity", "interaction"]
     steps: int = Field(5000, gt=0)
     low_res_steps: int = Field(1000, ge=0, description="the first steps of the stage run at lowResolution")
-    max_subjects: int = Field(1, ge=1, le=8, description="subjects kept per sample in this stage")
+    max_subjects: int = Field(1, ge=1, le=8, description="most subjects a sample of this stage has")
+    min_subjects: int | None = Field(None, ge=1, le=8, description="fewest subjects a sample of this stage has "
+                                     "(default: 1 for identity, 2 for interaction)")
+    min_samples: int = Field(1, ge=1, description="fewest samples the stage needs with minSubjects..maxSubjects "
+                             "subjects; with fewer it falls back (fallback) or the run stops")
+    fallback: bool = Field(True, description="with fewer than minSamples samples, train on the samples with "
+                           "1..maxSubjects subjects instead (logged, and in progress.json's stage_data)")
     resolution: Resolution = Field(default_factory=lambda: Resolution(height=544, width=960, frames=129))
     low_resolution: Resolution = Field(default_factory=lambda: Resolution(height=272, width=480, frames=33))
 
@@ -43,6 +50,15 @@ class Stage(ApiModel):
     def _low_res_within_stage(self):
         if self.low_res_steps > self.steps:
             raise ValueError(f"lowResSteps ({self.low_res_steps}) exceeds steps ({self.steps})")
+        return self
+
+    @model_validator(mode="after")
+    def _subject_range(self):
+        # paper A.2: identity trains on single-subject data, interaction on several subjects
+        if self.min_subjects is None:
+            self.min_subjects = 1 if self.name == "identity" else min(2, self.max_subjects)
+        if self.min_subjects > self.max_subjects:
+            raise ValueError(f"minSubjects ({self.min_subjects}) exceeds maxSubjects ({self.max_subjects})")
         return self
 
 

@@ -18,8 +18,10 @@ def register(subparsers) -> None:
         "curate", help="turn raw videos into a multi-subject dataset (a CurationJob)",
         description="Run the CurationJob in SPEC on Ray: split into clips, filter, caption, ground each subject\n"
                     "phrase (Florence-2), segment it (SAM2), check it (CLIP) and consolidate (cliques); writes\n"
-                    "clips, subject images, manifest.jsonl and summary.json. Finished videos are skipped on a "
-                    "re-run.\n\n"
+                    "clips, subject images, manifest.jsonl and summary.json. A re-run skips finished videos\n"
+                    "and retries those rejected for a fixable reason (no caption, an unreadable file, a stage\n"
+                    "whose model may do better). Every model stage needs a model: `uri:` (a directory or s3://\n"
+                    "URI in the model's layout) or, for a smoke test with random weights, `preset: tiny`.\n\n"
                     "stages (their names in summary.json; each is configured by the spec field of that name):\n"
                     + _stages(),
         epilog="example: polyvivid curate curation.yaml --local",
@@ -50,4 +52,9 @@ def run(args) -> int:
         print(f"{stage:12s} in {c['in']:5d}  out {c['out']:5d}  rejected {c['rejected']}")
     print(f"dataset: {spec.output.rstrip('/')}/manifest.jsonl ({summary['clips_written']} clips; "
           f"summary.json lists {len(summary['rejects'])} rejects with reasons)")
+    if summary["videos_retried"]:
+        print(f"retried {summary['videos_retried']} videos rejected earlier for a fixable reason")
+    if summary["random_models"]:
+        print(f"warning: random weights (preset: tiny) for {', '.join(summary['random_models'])}: "
+              "the dataset is for smoke tests only")
     return 0

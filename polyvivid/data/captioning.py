@@ -1,9 +1,11 @@
-"""Structured captions for curation (paper section 3): a long caption, a short one, and the subject
-phrases, from an MLLM (Qwen2.5-VL through transformers) or from a caption file beside the video.
+"""Structured captions for curation (paper section 3): a long caption, a short one, background, style,
+camera, and the subject phrases, from an MLLM (Qwen2.5-VL through transformers) or from a caption
+file beside the video.
 
-Beside `clip.mp4`, a `clip.json` with {"caption": ..., "short_caption": ..., "subjects": [...]} is
-used as is; a `clip.txt` gives the caption alone, and a clip whose caption names no subjects is
-rejected with that reason.
+Beside `clip.mp4`, a `clip.json` with {"caption": ..., "short_caption": ..., "background": ...,
+"style": ..., "camera": ..., "subjects": [...]} is used as is (only `caption` is required); a
+`clip.txt` gives the caption alone, and a clip whose caption names no subjects is rejected with that
+reason. Training combines the fields into one caption per step (polyvivid/data/dataset.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from PIL import Image
 
 INSTRUCTION = (
     "Describe this video. Answer with JSON only: {\"caption\": a detailed description, "
-    "\"short_caption\": one sentence, \"subjects\": the main people, animals and objects, each a short "
-    "noun phrase used in the caption}."
+    "\"short_caption\": one sentence, \"background\": the setting, \"style\": the visual style, "
+    "\"camera\": the shot and camera movement, \"subjects\": the main people, animals and objects, each a "
+    "short noun phrase used in the caption}."
 )
+# the optional text fields of a structured caption, as the manifest stores them
+CAPTION_FIELDS = ("short_caption", "background", "style", "camera")
 
 
 @dataclass
@@ -27,6 +32,9 @@ class StructuredCaption:
     caption: str
     short_caption: str = ""
     subjects: list[str] = field(default_factory=list)
+    background: str = ""
+    style: str = ""
+    camera: str = ""
 
     def problems(self) -> list[str]:
         """Why this caption cannot make a training sample (empty when it can)."""
@@ -52,7 +60,8 @@ def parse_structured(text: str) -> StructuredCaption | None:
             continue
         if isinstance(data, dict) and isinstance(data.get("caption"), str):
             subjects = [s.strip() for s in data.get("subjects", []) if isinstance(s, str) and s.strip()]
-            return StructuredCaption(data["caption"].strip(), str(data.get("short_caption", "")).strip(), subjects)
+            fields = {k: data[k].strip() for k in CAPTION_FIELDS if isinstance(data.get(k), str)}
+            return StructuredCaption(data["caption"].strip(), subjects=subjects, **fields)
     return None
 
 

@@ -6,7 +6,9 @@ actor). `polyvivid curate --help` lists them.
 
 A row that fails a stage is not dropped silently: it carries `reject` (stage and reason) through the
 remaining stages, and summary.json lists every reject. Each finished video leaves a marker under
-`_done/`, so a re-run skips it and only new videos are processed.
+`_done/`, so a re-run skips it and processes new videos, and again those rejected for a reason the user
+can fix (a stage whose `fixable` is set: captions, grounding, segmentation, consolidation; or a file that
+could not be read): a caption file added beside the video or a better model then changes the result.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from ..api.curation import CURATION_STAGE_NAMES, CURATION_STAGES, CurationSpec
+from ..api.curation import CURATION_STAGE_NAMES, CURATION_STAGES, FIXABLE_STAGES, CurationSpec
 from ..storage import ObjectNotFound, StorageError, open_store
 from ..telemetry import CURATION
 from ..video import png_bytes
+from .captioning import CAPTION_FIELDS
 from .dataset import MANIFEST, SampleRecord, SubjectRecord
 from .shots import (
     black_border_box, clip_ranges, decode_video, detect_shots, has_transition, motion_score, subsample,
@@ -69,9 +72,11 @@ def _record(stage: str, result: str, seconds: float | None = None) -> None:
         metrics["seconds"].observe(seconds, tags={"stage": stage})
 
 
-def rejected(row: dict, stage: str, reason: str) -> dict:
+def rejected(row: dict, stage: str, reason: str, fixable: bool | None = None) -> dict:
+    """The row without its frames, carrying why; fixable (default: the stage's) says a re-run retries it."""
     row = {k: v for k, v in row.items() if k not in ("frames",)}
-    row["reject"] = {"stage": stage, "reason": reason}
+    row["reject"] = {"stage": stage, "reason": reason,
+                     "fixable": stage in FIXABLE_STAGES if fixable is None else fixable}
     _record(stage, "rejected")
     return row
 
@@ -107,8 +112,8 @@ def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
     key = row["video"]
     try:
         video = decode_video(store.read_bytes(key))
-    except (ValueError, StorageError) as e:
-        return [rejected({"video": key}, "split", str(e))]
+    except (ValueError, StorageError) as e:  # a damaged upload or a store outage: a re-run tries again
+        return [rejected({"video": key}, "split", str(e), fixable=True)]
     sidecar = {}
     stem = key.rsplit(".", 1)[0]
     for ext in ("json", "txt"):
@@ -138,13 +143,13 @@ def split_and_filter(row: dict, spec: CurationSpec) -> list[dict]:
         if motion < filters.min_motion:
             out.append(rejected(base, "filters", f"static (motion {motion:.2f} < {filters.min_motion})"))
             continue
-        frames = subsample(frames, video.fps, split.sample_fps)
+        frames = subsample(frames, video.fps, split.max_fps)
         reason = hooks.reason_to_drop(frames) if hooks is not None else None
         if reason:
             out.append(rejected(base, "filters", reason))
             continue
         # split and filters are timed together, under "split"
-        out.append(_timed({**base, "frames": frames, "fps": min(split.sample_fps, video.fps),
+        out.append(_timed({**base, "frames": frames, "fps": min(split.max_fps, video.fps),
                            "border": [top, bottom, left, right]}, "split", started))
     return out
 
@@ -191,29 +196,38 @@ class CaptionStage(_ModelStage):
         problems = caption.problems()
         if problems:
             return rejected(row, "caption", "; ".join(problems))
-        row.update(caption=caption.caption, short_caption=caption.short_caption, phrases=caption.subjects,
-                   caption_source=source)
+        row.update(caption=caption.caption, phrases=caption.subjects, caption_source=source,
+                   **{k: getattr(caption, k) for k in CAPTION_FIELDS})
         return _timed(row, "caption", started)
 
 
 class GroundingStage(_ModelStage):
+    """Every phrase grounded within the caption on sampled frames (data/grounding.py). The row gets
+    `detections` ({phrase, frame, box, score, box_logprob}) for the phrases found, the only ones
+    segmented, and `absent` ({phrase, frame, score}) for those not found, so a phrase's absent frames
+    can be counted downstream; `sampled_frames` is how many frames were grounded."""
+
     def __init__(self, spec: CurationSpec):
         from .grounding import Grounder
 
-        self.frames_per_clip = spec.grounding.frames_per_clip
-        self.grounder = Grounder.load(spec.grounding.model.uri, spec.grounding.model.preset)
+        grounding = spec.grounding
+        self.frames_per_clip = grounding.frames_per_clip
+        self.grounder = Grounder.load(grounding.model.uri, grounding.model.preset,
+                                      min_score=grounding.min_score)
 
     def process(self, row: dict) -> dict:
         started = time.perf_counter()
-        detections = []
+        detections, absent = [], []
         frames = sample_frames(row["frames"], self.frames_per_clip)
         for index in frames:
             image = Image.fromarray(row["frames"][index])
-            for phrase in row["phrases"]:
-                box = self.grounder.ground(image, phrase)
-                detections.append({"phrase": phrase, "frame": index, "box": box.as_list(), "score": box.score})
-        row["detections"] = detections
-        row["sampled_frames"] = len(frames)
+            for g in self.grounder.ground(image, row["phrases"], caption=row["caption"]):
+                if g.found:
+                    detections.append({"phrase": g.phrase, "frame": index, "box": g.box, "score": g.score,
+                                       "box_logprob": g.box_logprob})
+                else:
+                    absent.append({"phrase": g.phrase, "frame": index, "score": g.score})
+        row.update(detections=detections, absent=absent, sampled_frames=len(frames))
         return _timed(row, "grounding", started)
 
 
@@ -230,7 +244,6 @@ class SegmentationStage(_ModelStage):
         self.clip = ClipScorer.load(spec.clip_score.model.uri, spec.clip_score.model.preset)
 
     def process(self, row: dict) -> dict:
-        from .clique import consolidate
         from .segmentation import cut_out
 
         started = time.perf_counter()
@@ -254,18 +267,34 @@ class SegmentationStage(_ModelStage):
                 reasons.append(f"{phrase!r}: CLIP score {max(scores):.3f} < {self.spec.clip_score.min_score}")
                 continue
             features = self.clip.image_features([d["image"] for d, _ in passing]).numpy()
-            cliques = consolidate(features, row["sampled_frames"], self.spec.consolidation.max_distance)
-            if not cliques:
+            found_subjects = subjects_of_phrase(phrase, passing, features, row["sampled_frames"], self.spec)
+            if not found_subjects:
                 reasons.append(f"{phrase!r}: no consistent detections (no clique over a third of the frames)")
-                continue
-            best = sorted(cliques[0], key=lambda i: -passing[i][1])[: self.spec.consolidation.reference_images]
-            subjects.append({"phrase": phrase, "images": [png_bytes(passing[i][0]["image"]) for i in best],
-                             "clip_score": round(float(np.mean([passing[i][1] for i in best])), 4)})
+            subjects += found_subjects
         if not subjects:
             return rejected(row, "consolidation", "; ".join(reasons) or "no subjects")
         row["subjects"] = subjects
         row["dropped_subjects"] = reasons
+        found = {subject["phrase"] for subject in subjects}
+        row["unmatched_subjects"] = [phrase for phrase in row["phrases"] if phrase not in found]
         return _timed(row, "consolidation", started)
+
+
+def subjects_of_phrase(phrase: str, passing: list[tuple[dict, float]], features: np.ndarray, sampled_frames: int,
+                       spec: CurationSpec) -> list[dict]:
+    """Every clique of one phrase's detections that passes the one-third rule is a subject (paper A.3): two
+    different men are two subjects, named "man" and "man 2" (the caption calls both "man"). passing: the
+    (detection, CLIP score) pairs whose cut-outs gave `features`; each subject keeps its best-scored
+    cut-outs as reference images."""
+    from .clique import consolidate
+
+    subjects = []
+    for k, clique in enumerate(consolidate(features, sampled_frames, spec.consolidation.max_distance)):
+        best = sorted(clique, key=lambda i: -passing[i][1])[: spec.consolidation.reference_images]
+        subjects.append({"phrase": phrase, "name": phrase if k == 0 else f"{phrase} {k + 1}",
+                         "images": [png_bytes(passing[i][0]["image"]) for i in best],
+                         "clip_score": round(float(np.mean([passing[i][1] for i in best])), 4)})
+    return subjects
 
 
 # ---------------------------------------------------------------------------------------- write
@@ -288,12 +317,14 @@ def write_clip(row: dict, spec: CurationSpec) -> dict:
         store.write_bytes(key, subject["images"][0])
         for j, extra in enumerate(subject["images"][1:], start=1):
             store.write_bytes(f"subjects/{row['clip']}_{k}_{j}.png", extra)
-        subjects.append(SubjectRecord(word=subject["phrase"], image=key))
+        name = subject.get("name", subject["phrase"])
+        subjects.append(SubjectRecord(word=subject["phrase"], image=key, name=name if name != subject["phrase"] else None))
+    caption_fields = {k: row[k] for k in CAPTION_FIELDS if row.get(k)}
     record = SampleRecord(id=row["clip"], video=clip_key, caption=row["caption"], subjects=subjects,
-                          fps=row["fps"], num_frames=len(frames), width=w, height=h,
-                          short_caption=row.get("short_caption", ""), source=row["video"],
-                          caption_source=row.get("caption_source"))
-    row["record"] = record.model_dump(exclude_none=True)
+                          fps=row["fps"], num_frames=len(frames), width=w, height=h, source=row["video"],
+                          caption_source=row.get("caption_source"),
+                          unmatched_subjects=row.get("unmatched_subjects", []), **caption_fields)
+    row["record"] = record.model_dump(exclude_defaults=True)
     return _timed(row, "write", started)
 
 
@@ -322,6 +353,22 @@ def _actor(cls):
 
 
 # ---------------------------------------------------------------------------------------- driver
+def _fixable(reject: dict) -> bool:
+    return reject.get("fixable", reject.get("stage") in FIXABLE_STAGES)  # markers written before the flag
+
+
+def _read_marker(out, video_key: str) -> dict | None:
+    """A video's done marker, or None when it has none or it is damaged (then the video is redone)."""
+    try:
+        marker = json.loads(out.read_text(done_key(video_key)))
+    except ObjectNotFound:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("damaged marker %s for %s: the video is curated again", done_key(video_key), video_key)
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("results"), list) else None
+
+
 def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_ray_no_auth: bool = False) -> dict:
     """Run the pipeline on Ray; returns the summary (also written to OUTPUT/summary.json). `local` starts a
     one-machine Ray on loopback (polyvivid/ray_local.py) unless this process already runs one."""
@@ -330,9 +377,22 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
     started = time.perf_counter()
     source, out = open_store(spec.input), open_store(spec.output)
     videos = [k for k in source.list() if k.lower().endswith(VIDEO_EXTENSIONS)]
-    finished = {k for k in videos if out.exists(done_key(k))}
+    finished, retried = set(), []
+    for key in videos:
+        marker = _read_marker(out, key)
+        if marker is None:
+            continue
+        if any(_fixable(r["reject"]) for r in marker["results"] if "reject" in r):
+            retried.append(key)  # rejected for a reason a model or a caption file can fix: try again
+        else:
+            finished.add(key)
     todo = [k for k in videos if k not in finished]
-    log.info("%d videos under %s (%d already curated)", len(videos), spec.input, len(finished))
+    log.info("%d videos under %s (%d already curated, %d retried)", len(videos), spec.input, len(finished),
+             len(retried))
+    random_models = spec.random_model_stages()
+    if random_models:
+        log.warning("random weights (preset: tiny) for %s: the dataset is for smoke tests only",
+                    ", ".join(random_models))
 
     rows = []
     if todo:
@@ -343,7 +403,7 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
                 init_local_ray(allow_ray_no_auth, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=spec.ray_address or "auto", log_to_driver=False, configure_logging=False)
-        from ray.data import DataContext
+        from ray.data import ActorPoolStrategy, DataContext
 
         DataContext.get_current().enable_progress_bars = progress
         # Every row is one python object under "item": rows differ in shape (clips, rejects), and an
@@ -353,7 +413,8 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
             runner = globals()[stage.runner]
             if stage.actor_pool:
                 res = getattr(spec, stage.name).resources
-                ds = ds.map(_actor(runner), fn_constructor_kwargs={"spec": spec}, concurrency=res.actors,
+                ds = ds.map(_actor(runner), fn_constructor_kwargs={"spec": spec},
+                            compute=ActorPoolStrategy(size=res.actors),
                             num_cpus=res.cpus, num_gpus=res.gpus or None)
             else:
                 ds = (ds.flat_map(_each(runner), fn_kwargs={"spec": spec}, num_cpus=CPU_TASK) if stage.fans_out
@@ -369,7 +430,7 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
     # The manifest and summary cover every video curated so far, this run or earlier ones.
     records, rejects, seconds = [], [], Counter()
     for key in videos:
-        results = json.loads(out.read_text(done_key(key)))["results"]
+        results = _read_marker(out, key)["results"]
         for result in results:
             for stage, s in result.get("seconds", {}).items():
                 seconds[stage] += s
@@ -390,6 +451,7 @@ def curate(spec: CurationSpec, local: bool = True, progress: bool = True, allow_
         flowing = out_count
     summary = {
         "input": spec.input, "output": spec.output, "videos": len(videos), "videos_this_run": len(todo),
+        "videos_retried": len(retried), "random_models": random_models,
         "clips_written": len(records), "stages": counts, "rejects": rejects,
         "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 3),

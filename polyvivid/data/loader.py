@@ -1,13 +1,16 @@
-"""Reads the dataset for training: decodes clips with PyAV, samples 4k+1 frames, resizes and crops
-to the stage's resolution, keeps at most the stage's number of subjects, and shards samples over ranks.
+"""Reads the dataset for training: decodes clips with PyAV, takes a window of the stage's frames,
+resizes and crops to the stage's resolution, composes the caption, and shards samples over ranks.
 
-Which sample a rank reads at a step is a pure function of (seed, global position), so a resumed run
-reads exactly what an uninterrupted one would. An unreadable sample is skipped (counted and logged)
-and the next readable one in the dataset takes its place.
+Each stage part reads a view of the dataset (stage_view): the samples with the stage's number of
+subjects and enough frames. Which sample of the view a rank reads at a step, its frame window and
+its caption are pure functions of (seed, global position), so a resumed run reads exactly what an
+uninterrupted one would. An unreadable sample is skipped (counted by reason and logged) and the next
+readable one in the view takes its place.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from collections import Counter
@@ -18,11 +21,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..api.training import Stage
 from ..images import ImageRejected, read_image
+from ..model.request import word_in_prompt
 from ..storage import ArtifactStore, StorageError, open_store
 from .dataset import SampleRecord, read_manifest
 
 log = logging.getLogger(__name__)
+
+SHORT_CLIP = "shorter than the stage's frames"  # the skip reason (progress.json's samples_skipped)
+SHORT_CAPTION_CHANCE = 0.5  # compose_caption: the short caption instead of the long one
+EXTRA_SENTENCE_CHANCE = 0.5  # compose_caption: each of CAPTION_EXTRAS appended
+CAPTION_EXTRAS = ("background", "style", "camera")
 
 
 class SampleError(Exception):
@@ -51,11 +61,54 @@ def decode_frames(data: bytes) -> np.ndarray:
 
 
 def pick_frames(total: int, wanted: int, generator: torch.Generator) -> np.ndarray:
-    """A contiguous window of `wanted` frames at a random start; a short clip is stretched."""
-    if total >= wanted:
-        start = int(torch.randint(0, total - wanted + 1, (1,), generator=generator))
-        return np.arange(start, start + wanted)
-    return np.linspace(0, total - 1, wanted).round().astype(int)
+    """A contiguous window of `wanted` frames at a random start. Frames are never repeated (that would
+    be slow motion the clip never had), so a clip shorter than the window cannot be used."""
+    if total < wanted:
+        raise SampleError(f"{SHORT_CLIP}: {total} frames, {wanted} wanted")
+    start = int(torch.randint(0, total - wanted + 1, (1,), generator=generator))
+    return np.arange(start, start + wanted)
+
+
+def compose_caption(record: SampleRecord, generator: torch.Generator) -> str:
+    """The caption one training sample reads, combined from the record's structured caption for
+    diversity (paper A.3: the structured captions are combined during training):
+
+    - the short caption with probability SHORT_CAPTION_CHANCE (0.5), only when it names every
+      subject's word (the fusion template finds each subject by its word in the prompt); else the
+      long caption;
+    - then each of background, style and camera the record has, as a sentence of its own, with
+      probability EXTRA_SENTENCE_CHANCE (0.5) each, in that order.
+
+    The paper gives no probabilities; these are ours. A record with only `caption` reads it unchanged.
+    It always takes four draws from `generator`, whatever the record holds.
+    """
+    draws = torch.rand(1 + len(CAPTION_EXTRAS), generator=generator).tolist()
+    short = record.short_caption
+    short_names_all = short is not None and all(word_in_prompt(s.word, short) for s in record.subjects)
+    text = short if short_names_all and draws[0] < SHORT_CAPTION_CHANCE else record.caption
+    for field, draw in zip(CAPTION_EXTRAS, draws[1:]):
+        extra = getattr(record, field)
+        if extra is not None and draw < EXTRA_SENTENCE_CHANCE:
+            text = f"{_end_sentence(text)} {extra[0].upper()}{extra[1:]}"
+    return text
+
+
+def _end_sentence(text: str) -> str:
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def subjects_fit(record: SampleRecord, min_subjects: int, max_subjects: int) -> bool:
+    """Whether a sample has min..max subjects. A single-subject selection (max 1) also refuses a sample
+    whose caption names subjects it has no image of (unmatched_subjects): that is not single-subject
+    data, the caption describes someone the model is not shown."""
+    if not min_subjects <= len(record.subjects) <= max_subjects:
+        return False
+    return max_subjects > 1 or not record.unmatched_subjects
+
+
+def describe_subjects(low: int, high: int) -> str:
+    return f"{low} subject{'s' * (low > 1)}" if low == high else f"{low}..{high} subjects"
 
 
 def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -73,6 +126,9 @@ def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class SubjectVideoDataset:
+    """The samples of a manifest, or a view of some of them (select). Views share the store, the
+    records and the skip counts; each has its own order and its own known-bad samples."""
+
     def __init__(self, uri: str, store: ArtifactStore | None = None):
         self.uri = uri
         self.store = store or open_store(uri)
@@ -84,53 +140,105 @@ class SubjectVideoDataset:
             log.warning("manifest line %d skipped: %s", line, reason)
         if not self.samples:
             raise SampleError(f"{uri}: the manifest has no valid samples")
-        # counted with the samples that fail to load (progress.json's samples_skipped)
+        self.indices: list[int] = list(range(len(self.samples)))  # the samples (of self.samples) this view reads
+        # counted with the samples that fail to load (progress.json's samples_skipped); a sample counts once
+        # per reason, however many views skip it
         self.skipped: Counter[str] = Counter({"invalid manifest line": len(rejected)} if rejected else {})
+        self._counted: set[tuple[int, str]] = set()
         self._bad: set[int] = set()
         self._orders: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.indices)
+
+    def select(self, frames: int, min_subjects: int, max_subjects: int) -> SubjectVideoDataset:
+        """A view of the samples with min..max subjects (subjects_fit) and at least `frames` frames. A clip
+        the manifest says is shorter is skipped here and counted; one without num_frames is checked when read."""
+        keep = []
+        for index in self.indices:
+            record = self.samples[index]
+            if record.num_frames is not None and record.num_frames < frames:
+                self._skip(index, SHORT_CLIP)
+            elif subjects_fit(record, min_subjects, max_subjects):
+                keep.append(index)
+        view = copy.copy(self)  # shares store, samples, skipped, _counted
+        view.indices, view._bad, view._orders = keep, set(), {}
+        return view
+
+    def _skip(self, index: int, reason: str) -> None:
+        if (index, reason) not in self._counted:
+            self._counted.add((index, reason))
+            self.skipped[reason] += 1
 
     def index_at(self, position: int, seed: int) -> int:
-        """The sample at a global position: a fresh seeded permutation every epoch."""
-        epoch, offset = divmod(position, len(self.samples))
+        """The sample at a global position: a fresh seeded permutation of the view every epoch."""
+        return self.indices[self._slot_at(position, seed)]
+
+    def _slot_at(self, position: int, seed: int) -> int:
+        epoch, offset = divmod(position, len(self.indices))
         if epoch not in self._orders:
-            self._orders = {epoch: torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))}
+            self._orders = {epoch: torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))}
         return int(self._orders[epoch][offset])
 
     def load(self, record: SampleRecord, frames: int, height: int, width: int, max_subjects: int,
              generator: torch.Generator) -> TrainSample:
+        """A sample at the stage's size with all its subjects and a composed caption (compose_caption). More
+        subjects than `max_subjects` is an error, not a cut: the caption would name subjects the model is not
+        shown (a stage's view never holds such a sample)."""
+        if len(record.subjects) > max_subjects:
+            raise SampleError(f"more subjects than maxSubjects: {len(record.subjects)}, at most {max_subjects}")
         try:
             clip = decode_frames(self.store.read_bytes(record.video))
-            subjects = []
-            for subject in record.subjects:
-                subjects.append((subject.word, read_image(self.store.read_bytes(subject.image))[0]))
+            chosen = pick_frames(len(clip), frames, generator)  # before reading the images: a short clip is done
+            subjects = [(s.word, read_image(self.store.read_bytes(s.image))[0]) for s in record.subjects]
         except StorageError as e:
             raise SampleError(str(e)) from None
         except ImageRejected as e:
             raise SampleError(f"unreadable subject image: {e}") from None
-        chosen = pick_frames(len(clip), frames, generator)
         video = torch.from_numpy(clip[chosen]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         video = resize_crop(video, height, width).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
-        if len(subjects) > max_subjects:
-            keep = sorted(torch.randperm(len(subjects), generator=generator)[:max_subjects].tolist())
-            subjects = [subjects[i] for i in keep]
-        return TrainSample(record.id, video, record.caption, subjects)
+        return TrainSample(record.id, video, compose_caption(record, generator), subjects)
 
     def get(self, position: int, seed: int, frames: int, height: int, width: int, max_subjects: int,
             generator: torch.Generator) -> TrainSample:
-        """The sample at `position`, or the next readable one after it if it is broken."""
-        index = self.index_at(position, seed)
-        for attempt in range(len(self.samples)):
-            candidate = (index + attempt) % len(self.samples)
-            if candidate in self._bad:
+        """The sample at `position`, or the next readable one of the view after it if it is broken."""
+        if not self.indices:
+            raise SampleError(f"{self.uri}: no sample to read")
+        slot = self._slot_at(position, seed)
+        for attempt in range(len(self.indices)):
+            index = self.indices[(slot + attempt) % len(self.indices)]
+            if index in self._bad:
                 continue
-            record = self.samples[candidate]
+            record = self.samples[index]
             try:
                 return self.load(record, frames, height, width, max_subjects, generator)
             except SampleError as e:
-                self._bad.add(candidate)
-                self.skipped[str(e).split(":")[0]] += 1
+                self._bad.add(index)
+                self._skip(index, str(e).split(":")[0])
                 log.warning("sample %s (%s) skipped: %s", record.id, record.video, e)
         raise SampleError(f"{self.uri}: no readable sample left")
+
+
+def stage_view(dataset: SubjectVideoDataset, stage: Stage, frames: int) -> tuple[SubjectVideoDataset, str | None]:
+    """The samples one part of a stage (`frames` frames a sample) trains on, and why when they are not the
+    stage's own selection.
+
+    A stage trains on the samples with stage.min_subjects..stage.max_subjects subjects (identity: exactly
+    one, with no other subject named in the caption; interaction: 2..maxSubjects) and at least `frames`
+    frames. When fewer than stage.min_samples qualify and stage.fallback is on, it trains on every sample
+    with 1..maxSubjects subjects instead, if that has more; the reason comes back for a warning and
+    progress.json. Otherwise a shortfall is a SampleError.
+    """
+    view = dataset.select(frames, stage.min_subjects, stage.max_subjects)
+    if len(view) >= stage.min_samples:
+        return view, None
+    wanted = f"{describe_subjects(stage.min_subjects, stage.max_subjects)} and at least {frames} frames"
+    if stage.max_subjects == 1:
+        wanted += " (and no unmatched_subjects)"
+    shortfall = (f"no sample has {wanted}" if not len(view) else
+                 f"{len(view)} sample{'s' * (len(view) > 1)} with {wanted}, fewer than minSamples {stage.min_samples}")
+    if stage.fallback and stage.min_subjects > 1:
+        wider = dataset.select(frames, 1, stage.max_subjects)
+        if len(wider) > len(view):
+            return wider, f"{shortfall}: training on the {len(wider)} with {describe_subjects(1, stage.max_subjects)}"
+    raise SampleError(f"stage {stage.name}: {shortfall} in {dataset.uri}")

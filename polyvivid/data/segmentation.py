@@ -19,7 +19,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def tiny_sam2(seed: int = 0):
-    """Random SAM2 with a 64 px input (no download)."""
+    """Random SAM2 with a 64 px input (no download), whose masks fill most of the prompt box: its mask
+    hypernetworks answer a constant (random ones give nearly empty masks, and a smoke test of curation
+    would then have no cut-out to carry through the later stages)."""
     from transformers import Sam2Config, Sam2Model
     from transformers.models.sam2.configuration_sam2 import (
         Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig, Sam2VisionConfig,
@@ -36,11 +38,16 @@ def tiny_sam2(seed: int = 0):
                               backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
                               fpn_hidden_size=32, num_feature_levels=3, fpn_top_down_levels=[2, 3])
     torch.manual_seed(seed)
-    return Sam2Model(Sam2Config(
+    model = Sam2Model(Sam2Config(
         vision_config=vision,
         prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
         mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
                                                   iou_head_hidden_dim=32))).eval()
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.proj_out.weight.zero_()
+            mlp.proj_out.bias.fill_(-1.0)
+    return model
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """`polyvivid synth-data`: a synthetic multi-subject dataset in the training format.
 
-Each clip shows 1-3 distinct textured shapes (a striped red circle, a dotted blue square, ...)
+Each clip shows 1-3 distinct textured shapes (a striped red circle, a dotted blue square, ...; 1, 2 and 3 in turn)
 moving towards each other and bouncing off the walls on a plain background; the caption names them
 and how they interact, and each shape's word ("circle", "square") is a subject whose reference
 image is the shape alone on white. The shapes are what identity means here: colour, texture and
@@ -8,6 +8,8 @@ outline must survive into the video. Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from PIL import Image
@@ -110,11 +112,13 @@ def caption_for(subjects: list[dict], background: str, verb: str, appearance: bo
 
 
 def make_sample(index: int, seed: int, size: int, frames: int, max_subjects: int = 3, appearance: bool = True,
-                min_subjects: int = 1, radius: float = 0.14, background: str | None = None):
+                min_subjects: int = 1, radius: float = 0.14, background: str | None = None, count: int | None = None):
     """(subjects, caption, clip); appearance=False leaves colour and texture out of the caption;
-    background: always this one (else drawn at random)."""
+    background: always this one (else drawn at random); count: this many subjects (else drawn between
+    min_subjects and max_subjects; drawn either way, so a call without count gives the clip it always gave)."""
     rng = np.random.default_rng([seed, index])
-    count = int(rng.integers(min_subjects, max_subjects + 1))
+    drawn_count = int(rng.integers(min_subjects, max_subjects + 1))
+    count = count or drawn_count
     shapes = rng.choice(SHAPES, size=count, replace=False)
     subjects = [{"shape": str(s), "color": str(rng.choice(list(COLORS))), "texture": str(rng.choice(TEXTURES))}
                 for s in shapes]
@@ -128,7 +132,8 @@ def write_synthetic_dataset(store: ArtifactStore, videos: int, seed: int = 0, si
                             fps: int = 8, progress=None) -> list[SampleRecord]:
     records = []
     for i in range(videos):
-        subjects, caption, clip = make_sample(i, seed, size, frames)
+        # 1, 2, 3 subjects in turn: every training stage (one subject; two or more) finds its clips
+        subjects, caption, clip = make_sample(i, seed, size, frames, count=1 + i % 3)
         sample_id = f"{i:06d}"
         store.write_bytes(f"clips/{sample_id}.mp4", encode_mp4(clip, fps=fps))
         subject_records = []
@@ -144,3 +149,22 @@ def write_synthetic_dataset(store: ArtifactStore, videos: int, seed: int = 0, si
             progress.update()
     write_manifest(store, records)
     return records
+
+
+def write_raw_videos(store: ArtifactStore, videos: int, seed: int = 0, size: int = 96, frames: int = 48,
+                     fps: int = 24, progress=None) -> list[str]:
+    """Sample input for `polyvivid curate`: VIDEO.mp4 files with a structured caption file (VIDEO.json, the
+    captioner's fields) beside each. Returns the video keys."""
+    keys = []
+    for i in range(videos):
+        subjects, caption, clip = make_sample(i, seed, size, frames, min_subjects=1, max_subjects=2)
+        background = caption.rstrip(".").split(" on a ")[-1]
+        key = f"video-{i:04d}.mp4"
+        store.write_bytes(key, encode_mp4(clip, fps=fps))
+        store.write_text(key.replace(".mp4", ".json"), json.dumps({
+            "caption": caption, "short_caption": caption.split(" on a ")[0] + ".", "background": f"a {background}",
+            "style": "flat synthetic shapes", "camera": "static camera", "subjects": [s["shape"] for s in subjects]}))
+        keys.append(key)
+        if progress is not None:
+            progress.update()
+    return keys

@@ -1,8 +1,14 @@
 """DINO-sim: how much a non-human subject (an animal, an object) in the video looks like its reference
-image. In each frame the subject is found by its word (Florence-2 grounding) and cut out (SAM2 in the
-box), as curation does (data/grounding.py, data/segmentation.py; the paper uses a YOLO segmenter for
-this step); DINOv2 (transformers Dinov2Model, CLS token) embeds the cut-out and the reference; the
-metric is their mean cosine similarity over the frames where the subject was found."""
+image. In each frame the subject is grounded by its word within the prompt (Florence-2, as curation does:
+data/grounding.py) and cut out (SAM2 in the box: data/segmentation.py; the paper uses a YOLO segmenter
+for this step); DINOv2 (transformers Dinov2Model, CLS token) embeds the cut-out and the reference.
+
+Absent frames: a frame where the grounder does not find the subject (score below its min_score) or SAM2
+cuts out nothing is absent. It is not scored on a forced box, and it is not scored 0 either: the paper
+(appendix A.2) scores the subject each frame's segmenter isolates, so a frame without one has no
+score. DINO-sim is the mean cosine similarity over the frames where the subject was found; the absent
+frames are counted beside it (SubjectScore.frames_absent, the report's frames_without_subject), as
+Face-sim counts frames without a face."""
 
 from __future__ import annotations
 
@@ -55,21 +61,28 @@ class DinoEmbedder:
 
 @dataclass
 class SubjectScore:
-    similarity: float | None  # mean over frames where the subject was found
+    similarity: float | None  # mean over frames where the subject was found; None when it never was
     frames_found: int
     frames: int
 
+    @property
+    def frames_absent(self) -> int:
+        return self.frames - self.frames_found
+
 
 def subject_similarity(embedder: DinoEmbedder, grounder: Grounder, segmenter: Segmenter, frames: np.ndarray,
-                       reference: Image.Image, word: str) -> SubjectScore:
+                       reference: Image.Image, word: str, caption: str | None = None) -> SubjectScore:
+    """`word` in each frame, grounded within `caption` (the case's prompt; the word alone without one)."""
     target = embedder.embed([reference])[0]
     cut_outs = []
     for frame in frames:
         image = Image.fromarray(frame)
-        box = grounder.ground(image, word).as_list()
+        (subject,) = grounder.ground(image, [word], caption)
+        if not subject.found:  # below the grounder's min_score: absent, never scored on a forced box
+            continue
         try:
-            cut_outs.append(cut_out(image, segmenter.segment(image, box)))
-        except ValueError:  # nothing segmented in the box: the subject is not in this frame
+            cut_outs.append(cut_out(image, segmenter.segment(image, subject.box)))
+        except ValueError:  # SAM2 cut out nothing in the box: absent as well
             continue
     if not cut_outs:
         return SubjectScore(None, 0, len(frames))

@@ -151,7 +151,8 @@ def evaluate(cases: list[EvalCase], videos_uri: str, metrics: list[str], models:
     models.check(metrics)
     loaded = Loaded(models)
     rows, missing, generated, references = [], [], [], []
-    counts = {"frames_without_face": 0, "frames_without_subject": 0}
+    # frames_without_subject of subject_frames: DINO-sim's absent frames (eval/dino.py), beside its mean
+    counts = {"frames_without_face": 0, "frames_without_subject": 0, "subject_frames": 0}
     for case in tqdm(cases, desc="eval", unit="case", disable=not progress):
         frames = read_video(f"{videos_uri.rstrip('/')}/{case.id}.mp4")
         if frames is None:
@@ -171,8 +172,10 @@ def evaluate(cases: list[EvalCase], videos_uri: str, metrics: list[str], models:
             row["face_sim"] = _mean([s.similarity for s in scores])
         if "dino" in metrics:
             scores = [subject_similarity(loaded.get("dinov2"), loaded.get("grounding"), loaded.get("sam2"), frames,
-                                         case.image(s), s.name) for s in case.subjects if s.kind != "human"]
-            counts["frames_without_subject"] += sum(s.frames - s.frames_found for s in scores)
+                                         case.image(s), s.name, caption=case.prompt)
+                      for s in case.subjects if s.kind != "human"]
+            counts["frames_without_subject"] += sum(s.frames_absent for s in scores)
+            counts["subject_frames"] += sum(s.frames for s in scores)
             row["dino_sim"] = _mean([s.similarity for s in scores])
         if "fvd" in metrics:
             generated.append(frames)

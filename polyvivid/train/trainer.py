@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..api.training import Stage, TrainingSpec
-from ..data.loader import SubjectVideoDataset, TrainSample
+from ..data.loader import SubjectVideoDataset, TrainSample, describe_subjects, stage_view
 from ..storage import ArtifactStore, StorageError, open_store, with_retries
 from .checkpoint import CheckpointError, Checkpoints
 from .parallel import DistEnv, all_reduce_mean, any_rank, init_distributed, parallelize, set_gradient_sync
@@ -185,12 +185,37 @@ class Trainer:
             raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of the world size "
                                 f"{env.world_size} (nodes x processes per node)")
         self.dataset = SubjectVideoDataset(spec.dataset.uri)
+        stage_data = self._select_stage_data()  # before the model: a stage without samples stops the run at once
         self._build_model()
         self.scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
         self.reporter = ProgressReporter(self.store, spec.total_steps, spec.metrics_port, self.metrics_addr,
                                          enabled=env.is_main)
+        self.reporter.state["stage_data"] = stage_data
         self.checkpoints = Checkpoints(self.store, env, self.scratch, spec.keep_checkpoints)
         self._resume()
+
+    def _select_stage_data(self) -> dict[str, dict]:
+        """Each stage part's view of the dataset (loader.stage_view) into self.views, keyed by (stage index,
+        low_res); returns what progress.json's stage_data says about them."""
+        self.views: dict[tuple[int, bool], SubjectVideoDataset] = {}
+        summary = {}
+        for index, stage in enumerate(self.spec.stages):
+            parts = [(True, stage.low_resolution)] if stage.low_res_steps else []
+            if stage.steps > stage.low_res_steps:
+                parts.append((False, stage.resolution))
+            for low_res, res in parts:
+                view, fallback = stage_view(self.dataset, stage, res.frames)
+                self.views[index, low_res] = view
+                part = f"{stage.name}/{'low' if low_res else 'full'}"
+                summary[part] = {"samples": len(view), "frames": res.frames, "fallback": fallback}
+                if not self.env.is_main:
+                    continue
+                if fallback:
+                    log.warning("stage %s: %s", part, fallback)
+                else:
+                    log.info("stage %s: %d of %d samples (%s, at least %d frames)", part, len(view), len(self.dataset),
+                             describe_subjects(stage.min_subjects, stage.max_subjects), res.frames)
+        return summary
 
     def _build_model(self) -> None:
         """The pipeline on this rank: frozen VAE and text encoders on the device, the transformer with only
@@ -240,14 +265,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- one step
     def batch(self, plan: StepPlan) -> Iterator[MicroBatch]:
-        """This rank's share of the step's global batch, one encoded sample at a time (read and encoded as
-        the step asks for it: one sample's activations in memory at once)."""
+        """This rank's share of the step's global batch from the stage part's view of the dataset, one encoded
+        sample at a time (read and encoded as the step asks for it: one sample's activations in memory at once)."""
         spec, res = self.spec, plan.resolution
         for j in range(self.per_rank):
             position = plan.step * spec.global_batch_size + self.env.rank * self.per_rank + j
             generator = sample_generator(spec.seed, position)
-            sample = self.dataset.get(position, spec.seed, res.frames, res.height, res.width, plan.stage.max_subjects,
-                                      generator)
+            sample = self.views[plan.stage_index, plan.low_res].get(position, spec.seed, res.frames, res.height,
+                                                                     res.width, plan.stage.max_subjects, generator)
             x0, cond = encode_sample(self.pipe, sample, generator, self.env.device)
             yield MicroBatch(x0, cond, generator)
 

@@ -9,6 +9,8 @@ import yaml
 
 from polyvivid.api import CurationJob, PolyVividService, SpecError, load_resource
 
+from ..specs import with_random_models
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,14 +61,27 @@ def test_the_crd_has_allow_unauthenticated_as_an_optional_boolean_defaulting_to_
 
 
 def curation(**spec):
-    body = {"input": "s3://raw/", "output": "s3://data/set"}
-    body.update(spec)
+    body = with_random_models({"input": "s3://raw/", "output": "s3://data/set", **spec})
     return {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"}, "spec": body}
+
+
+def test_curation_needs_a_model_for_every_model_stage_and_random_weights_are_explicit():
+    bare = {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
+            "spec": {"input": "s3://raw/", "output": "s3://data/set", "grounding": {"model": {"uri": "s3://m/f2"}}}}
+    with pytest.raises(SpecError, match=r"no model for caption\.model, segmentation\.model, clipScore\.model: "
+                                        r"give each `uri:`.*`preset: tiny` for random weights"):
+        load_resource(bare, CurationJob)
+    spec = load_resource(curation(caption={"model": {"uri": "s3://m/qwen"}}), CurationJob).spec
+    assert spec.random_model_stages() == ["grounding.model", "segmentation.model", "clipScore.model"]
+    real = {alias: {"model": {"uri": f"s3://m/{alias}"}} for alias in ("caption", "grounding", "segmentation", "clipScore")}
+    assert load_resource(curation(**real), CurationJob).spec.random_model_stages() == []
+    with_filter = load_resource(curation(**real, filters={"qualityScorer": {"preset": "tiny"}}), CurationJob).spec
+    assert with_filter.random_model_stages() == ["filters.qualityScorer"]
 
 
 def test_curation_defaults_and_errors():
     spec = load_resource(curation(), CurationJob).spec
-    assert spec.caption.model.preset == "tiny" and spec.grounding.frames_per_clip == 6
+    assert spec.grounding.frames_per_clip == 6 and spec.split.max_fps == 24
     assert spec.filters.subtitle_detector is None and spec.consolidation.max_distance == 0.3
     with pytest.raises(SpecError, match="spec.split: Value error, minClipSeconds exceeds maxClipSeconds"):
         load_resource(curation(split={"minClipSeconds": 30}), CurationJob)

@@ -16,6 +16,7 @@ from polyvivid.storage import open_store
 from polyvivid.video import encode_mp4
 
 from ..sockets import ListenerWatch
+from ..specs import with_random_models
 
 FPS = 8
 
@@ -56,15 +57,11 @@ def raw_videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def box_filling_sam2(tmp_path_factory):
-    """A tiny SAM2 saved the way real weights are, whose masks fill most of the prompt box (its
-    hypernetwork answers a constant: random SAM2 masks are nearly empty)."""
+    """The tiny SAM2 (its masks fill most of the prompt box) saved the way real weights are: the stage
+    loads it from a uri."""
     from polyvivid.data.segmentation import tiny_sam2
 
     model = tiny_sam2()
-    with torch.no_grad():
-        for mlp in model.mask_decoder.output_hypernetworks_mlps:
-            mlp.proj_out.weight.zero_()
-            mlp.proj_out.bias.fill_(-1.0)
     path = tmp_path_factory.mktemp("sam2")
     model.save_pretrained(path)
     return str(path)
@@ -73,16 +70,16 @@ def box_filling_sam2(tmp_path_factory):
 def spec_for(raw, out, sam2):
     return load_resource({
         "apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
-        "spec": {
+        "spec": with_random_models({
             "input": str(raw), "output": str(out),
-            "split": {"minClipSeconds": 1.0, "maxClipSeconds": 4.0, "sampleFps": 8},
+            "split": {"minClipSeconds": 1.0, "maxClipSeconds": 4.0},
             "caption": {"maxNewTokens": 8, "resources": {"cpus": 0.25}},
             "grounding": {"framesPerClip": 3, "resources": {"cpus": 0.25}},
             "segmentation": {"model": {"uri": sam2}, "resources": {"cpus": 0.25}},
             # random tiny models: accept any CLIP score and treat all detections as agreeing
             "clipScore": {"minScore": -1.0},
             "consolidation": {"maxDistance": 2.0},
-        }}, CurationJob).spec
+        })}, CurationJob).spec
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +147,30 @@ def test_curation_end_to_end_and_idempotent(raw_videos, box_filling_sam2, tmp_pa
     assert counted.get(("split", "rejected")) == 1 and counted.get(("caption", "rejected")) == 1, counted
     assert "ray_polyvivid_curate_stage_seconds_bucket" in scrape()
 
+    # A re-run skips finished videos and retries the two rejected for a fixable reason (an unreadable file,
+    # no caption): nothing changed, so neither does the dataset
+    manifest = store.read_text("manifest.jsonl")
     again = curate(spec_for(raw_videos, out, box_filling_sam2), progress=False)
-    assert again["videos_this_run"] == 0 and again["clips_written"] == 3
-    assert store.read_text("manifest.jsonl") == open_store(str(out)).read_text("manifest.jsonl")
+    assert (again["videos_this_run"], again["videos_retried"], again["clips_written"]) == (2, 2, 3)
+    assert store.read_text("manifest.jsonl") == manifest
+    assert again["random_models"] == ["caption.model", "grounding.model", "clipScore.model"]  # SAM2 is a saved one
+
+
+def test_a_rerun_retries_a_video_once_it_has_a_caption(raw_videos, box_filling_sam2, tmp_path, ray_local):
+    """The user's fix for "no caption": a caption file beside the video; the re-run picks it up."""
+    from polyvivid.data.curation import curate
+
+    raw = tmp_path / "raw"
+    open_store(str(raw)).write_bytes("uncaptioned.mp4", open_store(str(raw_videos)).read_bytes("uncaptioned.mp4"))
+    out = tmp_path / "dataset"
+    first = curate(spec_for(raw, out, box_filling_sam2), progress=False)
+    assert first["clips_written"] == 0 and first["rejects"][0]["stage"] == "caption"
+    open_store(str(raw)).write_text("uncaptioned.json", json.dumps(
+        {"caption": "A striped red circle bounces.", "subjects": ["circle"]}))
+    second = curate(spec_for(raw, out, box_filling_sam2), progress=False)
+    assert (second["videos_retried"], second["clips_written"], second["rejects"]) == (1, 1, [])
+    third = curate(spec_for(raw, out, box_filling_sam2), progress=False)
+    assert (third["videos_this_run"], third["clips_written"]) == (0, 1)
 
 
 def test_polyvivid_curate_command_from_and_to_s3(raw_videos, box_filling_sam2, s3_env, s3_bucket, tmp_path):
@@ -191,3 +209,30 @@ def test_polyvivid_curate_command_from_and_to_s3(raw_videos, box_filling_sam2, s
     path.write_text(yaml.safe_dump(manifest))
     result = run(str(path))
     assert result.returncode == 2 and "minClipSeconds exceeds maxClipSeconds" in result.stderr
+
+
+def test_the_readme_local_curation_example_runs_on_the_sample_videos(tmp_path):
+    """The README's two commands, as written, from a directory laid out as the repository: sample raw videos,
+    then the example CurationJob with its explicit random models, end with a dataset training can read."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ..openapi import ROOT
+
+    commands = ["polyvivid synth-data --raw --out out/raw-videos --videos 4",
+                "polyvivid curate manifests/local/curation.yaml --local"]
+    readme = (ROOT / "README.md").read_text()
+    assert all(command in readme for command in commands)
+    (tmp_path / "manifests" / "local").mkdir(parents=True)
+    shutil.copy(ROOT / "manifests" / "local" / "curation.yaml", tmp_path / "manifests" / "local")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "polyvivid.cli", *command.split()[1:]], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: random weights (preset: tiny) for caption.model, grounding.model" in result.stdout
+    dataset = SubjectVideoDataset(str(tmp_path / "out" / "curated"))
+    assert len(dataset) >= 2
+    assert all(s.fps == 24 and s.background for s in dataset.samples)  # the source rate, the caption's fields

@@ -7,6 +7,8 @@ from polyvivid.api.curation import CURATION_STAGE_NAMES, CURATION_STAGES, Curati
 from polyvivid.data import curation
 from polyvivid.data.curation import _ModelStage
 
+from ..specs import with_random_models
+
 
 
 def test_every_stage_has_one_spelling_and_a_runner():
@@ -20,7 +22,7 @@ def test_every_stage_has_one_spelling_and_a_runner():
             runner = getattr(curation, stage.runner)
             assert stage.actor_pool == (isinstance(runner, type) and issubclass(runner, _ModelStage)), stage
         if stage.actor_pool:
-            assert "resources" in type(getattr(CurationSpec(input="a", output="b"), stage.name)).model_fields
+            assert "resources" in CurationSpec.model_fields[stage.name].annotation.model_fields
 
 
 def test_the_operator_checks_the_resources_of_every_actor_pool_stage():
@@ -29,8 +31,8 @@ def test_the_operator_checks_the_resources_of_every_actor_pool_stage():
 
     config = OperatorConfig(image="img", max_gpus_per_node=8)
     for stage in (s for s in CURATION_STAGES if s.actor_pool):
-        spec = CurationSpec.model_validate({"input": "s3://a/in", "output": "s3://a/out", "workers": 1,
-                                            stage.name: {"resources": {"cpus": 1000}}})
+        spec = CurationSpec.model_validate(with_random_models({"input": "s3://a/in", "output": "s3://a/out", "workers": 1,
+                                                               stage.name: {"resources": {"cpus": 1000}}}))
         with pytest.raises(InvalidSpec, match=rf"spec\.{stage.name}\.resources\.cpus"):
             check_curation(spec, config)
 

@@ -10,6 +10,8 @@ from polyvivid.api.curation import FilterSpec, ModelRef
 from polyvivid.data.frame_filters import ClipFilters, FrameClassifier, tiny_classifier
 from polyvivid.data.synthetic import render_clip
 
+from ..specs import with_random_models
+
 FRAMES = render_clip([{"shape": "circle", "color": "red", "texture": "dotted"}], "gray", 32, 6,
                      np.random.default_rng(0))
 
@@ -47,9 +49,10 @@ def test_split_and_filter_rejects_with_the_hook_reason(tmp_path):
     store = open_store(str(tmp_path))
     store.write_bytes("v.mp4", encode_mp4(np.concatenate([FRAMES] * 3), fps=8))
     spec = load_resource({"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": "c"},
-                          "spec": {"input": str(tmp_path), "output": str(tmp_path / "out"),
-                                   "split": {"minClipSeconds": 1, "maxClipSeconds": 4},
-                                   "filters": {"watermarkDetector": {"preset": "tiny"}, "detectorThreshold": 0.01}}},
+                          "spec": with_random_models({"input": str(tmp_path), "output": str(tmp_path / "out"),
+                                                      "split": {"minClipSeconds": 1, "maxClipSeconds": 4},
+                                                      "filters": {"watermarkDetector": {"preset": "tiny"},
+                                                                  "detectorThreshold": 0.01}})},
                          CurationJob).spec
     rows = split_and_filter({"video": "v.mp4"}, spec)
     assert [r["reject"]["stage"] for r in rows] == ["filters"]

@@ -62,6 +62,9 @@ def test_eval_reports_every_metric_and_prints_the_table(test_set, capsys):
     humans = [c for c in cases if any(s.kind == "human" for s in c.subjects)]
     assert humans and m["face_sim"] is not None and -1 <= m["face_sim"] <= 1
     assert report["counts"]["frames_without_face"] >= 0 and report["counts"]["videos_missing"] == []
+    subjects = sum(s.kind != "human" for c in cases for s in c.subjects)
+    assert report["counts"]["subject_frames"] == 4 * subjects  # --max-frames 4 per non-human subject
+    assert 0 <= report["counts"]["frames_without_subject"] <= report["counts"]["subject_frames"]
     # --compare adds earlier reports as rows; still videos are more consistent than moving ones
     for name in ("videos", "still"):
         assert main(["eval", "--videos", str(root / name), "--cases", str(root / "set" / "cases.jsonl"),

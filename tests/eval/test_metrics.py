@@ -1,6 +1,7 @@
 """The metrics' maths on constructed inputs, with tiny random-initialised models (no weights here):
 identical inputs score 1 (similarities) or 0 (FVD), a shuffled video loses temporal consistency, a
-mean shift of the features is exactly the FVD, frames without a face are counted."""
+mean shift of the features is exactly the FVD, frames without a face or without the subject are counted
+(DINO-sim: the mean over the frames where the subject is found)."""
 
 from __future__ import annotations
 
@@ -110,9 +111,49 @@ def test_dino_features_of_the_same_image_match_and_subject_frames_are_counted():
     from polyvivid.data.segmentation import Segmenter
 
     score = subject_similarity(embedder, Grounder.load(preset="tiny"), Segmenter.load(preset="tiny"),
-                               np.stack([np.asarray(tiger)] * 3), tiger, "tiger")
-    assert score.frames == 3 and 0 <= score.frames_found <= 3
+                               np.stack([np.asarray(tiger)] * 3), tiger, "tiger", caption="a tiger runs")
+    assert score.frames == 3 and 0 <= score.frames_found <= 3 and score.frames_absent == 3 - score.frames_found
     assert score.similarity is None or -1 <= score.similarity <= 1
+    strict = Grounder.load(preset="tiny", min_score=1.0)  # no random-weight score reaches 1: never found
+    absent = subject_similarity(embedder, strict, Segmenter.load(preset="tiny"), np.stack([np.asarray(tiger)] * 3),
+                                tiger, "tiger", caption="a tiger runs")
+    assert (absent.similarity, absent.frames_found, absent.frames_absent) == (None, 0, 3)
+
+
+class FramesGrounder:
+    """Finds the subject in the frames listed (by call order) with a whole-image box; records captions."""
+
+    def __init__(self, found_in: set[int]):
+        self.found_in, self.calls, self.captions = found_in, 0, []
+
+    def ground(self, image, phrases, caption=None):
+        from polyvivid.data.grounding import Grounding
+
+        self.captions.append(caption)
+        found, self.calls = self.calls in self.found_in, self.calls + 1
+        w, h = image.size
+        return [Grounding(p, 0.9, True, [0.0, 0.0, float(w), float(h)], -1.0) if found else Grounding(p, 0.2, False)
+                for p in phrases]
+
+
+class WholeBoxSegmenter:
+    def segment(self, image, box):
+        return np.ones((image.height, image.width), dtype=bool)
+
+
+def test_dino_sim_averages_over_the_frames_where_the_subject_is_found_and_counts_the_absent():
+    embedder = DinoEmbedder.load(preset="tiny")
+    tiger = draw_subject("tiger", SIZE)
+    frames = np.stack([np.asarray(tiger)] * 4)
+    grounder = FramesGrounder(found_in={0, 2})
+    score = subject_similarity(embedder, grounder, WholeBoxSegmenter(), frames, tiger, "tiger",
+                               caption="a man rides a tiger")
+    assert grounder.captions == ["a man rides a tiger"] * 4
+    assert (score.frames, score.frames_found, score.frames_absent) == (4, 2, 2)
+    # the found frames are the reference itself: 1, not diluted by the absent frames (which would give 0.5)
+    assert score.similarity == pytest.approx(1.0, abs=1e-5)
+    nowhere = subject_similarity(embedder, FramesGrounder(found_in=set()), WholeBoxSegmenter(), frames, tiger, "tiger")
+    assert nowhere.similarity is None and nowhere.frames_absent == 4
 
 
 def test_frechet_distance_maths():

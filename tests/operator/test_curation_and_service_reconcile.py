@@ -13,13 +13,14 @@ import yaml
 from polyvivid.storage import open_store
 
 from ..kube.client import wait_for
+from ..specs import with_random_models
 from ..openapi import upstream_errors
 from .test_training_reconcile import job_condition, ready, training_manifest
 
 
 def curation_manifest(output: str, name: str = "raw", **spec) -> dict:
     return {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob", "metadata": {"name": name, "namespace": "ml"},
-            "spec": {"input": "s3://videos/raw/", "output": output, "workers": 2, **spec}}
+            "spec": with_random_models({"input": "s3://videos/raw/", "output": output, "workers": 2, **spec})}
 
 
 def service_manifest(name: str = "demo", **spec) -> dict:

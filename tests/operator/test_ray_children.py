@@ -13,12 +13,13 @@ from polyvivid.api.service import ServiceSpec
 from polyvivid.serve.config import IMPORT_PATH, TOKEN_ENV
 
 from ..openapi import ROOT, upstream_errors
+from ..specs import with_random_models
 
 
 def curation(**spec) -> dict:
     return {"apiVersion": "polyvivid.io/v1alpha1", "kind": "CurationJob",
             "metadata": {"name": "raw", "namespace": "ml", "uid": "c-1"},
-            "spec": {"input": "s3://videos/raw/", "output": "s3://datasets/curated", **copy.deepcopy(spec)}}
+            "spec": with_random_models({"input": "s3://videos/raw/", "output": "s3://datasets/curated", **spec})}
 
 
 def service(**spec) -> dict:

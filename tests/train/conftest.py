@@ -22,7 +22,8 @@ RES_LOW = {"height": 16, "width": 16, "frames": 5}
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("synth-train")
-    write_synthetic_dataset(open_store(str(root)), videos=6, seed=0, size=32, frames=9)
+    # 12 clips: 1, 2, 3 subjects in turn, so each stage has its own (identity: one subject)
+    write_synthetic_dataset(open_store(str(root)), videos=12, seed=0, size=32, frames=9)
     return str(root)
 
 
