@@ -90,6 +90,11 @@ class ArtifactStore:
     def read_bytes(self, key: str) -> bytes:
         raise NotImplementedError
 
+    def read_into(self, key: str, f: BinaryIO) -> None:
+        """Copy the object into an open file in chunks (never whole in memory). Subclasses stream; this
+        fallback reads it whole."""
+        f.write(self.read_bytes(key))
+
     def write_stream(self, key: str, stream: BinaryIO, length: int) -> None:
         raise NotImplementedError
 
@@ -126,7 +131,8 @@ class ArtifactStore:
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(local.name + ".part")
-        tmp.write_bytes(self.read_bytes(key))
+        with open(tmp, "wb") as f:
+            self.read_into(key, f)
         tmp.replace(local)
 
     def upload_dir(self, local_dir: str | os.PathLike, prefix: str) -> list[str]:
@@ -166,6 +172,15 @@ class LocalStore(ArtifactStore):
         path = self._path(key)
         try:
             return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no such object: {self.uri(key)}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.uri(key)}: {e.strerror}") from None
+
+    def read_into(self, key: str, f: BinaryIO) -> None:
+        try:
+            with open(self._path(key), "rb") as source:
+                shutil.copyfileobj(source, f, 1024 * 1024)
         except FileNotFoundError:
             raise ObjectNotFound(f"no such object: {self.uri(key)}") from None
         except OSError as e:
@@ -278,6 +293,20 @@ class S3Store(ArtifactStore):
 
         return self._call("read", key, get)
 
+    def read_into(self, key: str, f: BinaryIO) -> None:
+        def copy():
+            f.seek(0)
+            f.truncate()  # a retried call starts the file again
+            response = self.client.get_object(self.bucket, self._key(key))
+            try:
+                for chunk in response.stream(1024 * 1024):
+                    f.write(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+
+        self._call("read", key, copy)
+
     def write_stream(self, key: str, stream: BinaryIO, length: int) -> None:
         # Objects above one part go up as a multipart upload, completed (atomically) only at the end.
         self._call("write", key, self.client.put_object, self.bucket, self._key(key), stream, length,
@@ -378,12 +407,23 @@ def _local_or_cached(uri: str, cache_dir: str | os.PathLike | None, kind: str) -
 
 
 def materialize_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local directory holding what is stored under `uri` (downloaded once for S3)."""
+    """A local directory holding what is stored under `uri`, downloaded once for S3: every process of a node
+    (the 8 ranks of a training pod) shares the cache, and the first to take its file lock downloads, file
+    by file and streamed to disk, while the others wait for it and then read what it wrote."""
+    import fcntl
+    import logging
+
     local, from_s3 = _local_or_cached(uri, cache_dir, "directory")
     marker = local / ".complete"
-    if from_s3 and not marker.exists():
-        open_store(uri).download_dir("", local)
-        marker.touch()
+    if not from_s3 or marker.exists():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with open(local.with_name(local.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not marker.exists():
+            logging.getLogger("polyvivid.storage").info("downloading %s to %s (once for this node)", uri, local)
+            open_store(uri).download_dir("", local)
+            marker.touch()
     return local
 
 

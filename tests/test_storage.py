@@ -61,13 +61,14 @@ def test_dir_upload_download(store, tmp_path):
     assert (dest / "sub" / "two.txt").read_text() == "2"
 
 
-def test_large_object_goes_up_in_parts_and_comes_back_intact(s3_bucket, tmp_path):
+def test_large_object_goes_up_in_parts_and_comes_back_intact(s3_bucket, tmp_path, monkeypatch):
     store = open_store(f"{s3_bucket}/big")
     data = os.urandom(40 * 1024 * 1024 + 123)  # > 2 parts of 16 MiB: a multipart upload
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     store.upload_file(path, "big.bin")
     back = tmp_path / "back.bin"
+    monkeypatch.setattr(S3Store, "read_bytes", lambda *a: pytest.fail("a download must stream, not read whole"))
     store.download_file("big.bin", back)
     assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
     # The server saw a multipart upload: its ETag has the "-<parts>" suffix.
@@ -135,6 +136,28 @@ def test_materialize_dir_downloads_s3_prefix_once(s3_bucket, tmp_path):
     assert materialize_dir(f"{s3_bucket}/model", cache_dir=tmp_path / "cache") == local
     with pytest.raises(ObjectNotFound):
         materialize_dir(str(tmp_path / "does-not-exist"))
+
+
+def test_the_processes_of_a_node_download_a_model_once_between_them(s3_env, s3_bucket, tmp_path):
+    """Four processes (a node's ranks) ask for the same S3 directory at once: one downloads behind the
+    cache's file lock, the others wait and read its copy."""
+    import subprocess
+    import sys
+
+    store = open_store(f"{s3_bucket}/model-4")
+    for i in range(3):
+        store.write_bytes(f"weights-{i}.bin", os.urandom(2 * 1024 * 1024))
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s');"
+            "from polyvivid.storage import materialize_dir;"
+            "local = materialize_dir(sys.argv[1], cache_dir=sys.argv[2]);"
+            "print(sorted(p.name for p in local.iterdir()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"{s3_bucket}/model-4", str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+             for _ in range(4)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert [rc for _, _, rc in results] == [0] * 4, [err[-500:] for _, err, _ in results]
+    assert {out.strip() for out, _, _ in results} == {"['.complete', 'weights-0.bin', 'weights-1.bin', 'weights-2.bin']"}
+    assert sum("downloading" in err for _, err, _ in results) == 1
 
 
 def test_transient_failures_are_retried_and_permanent_ones_are_not():
