@@ -85,7 +85,8 @@ class PolyVividPipeline(DiffusionPipeline):
 
     @classmethod
     def from_hunyuanvideo(cls, hunyuanvideo: str | Path, llava: str | Path, polyvivid_weights: str | Path | None = None,
-                          torch_dtype: torch.dtype = torch.float32, **transformer_options: Any) -> "PolyVividPipeline":
+                          torch_dtype: torch.dtype = torch.float32, transformer: PolyVividTransformer | None = None,
+                          **transformer_options: Any) -> "PolyVividPipeline":
         """Assemble PolyVivid from real weights in their published layouts (paths or s3:// URIs).
 
         hunyuanvideo: a diffusers HunyuanVideo pipeline directory (transformer/, vae/, scheduler/,
@@ -93,13 +94,16 @@ class PolyVividPipeline(DiffusionPipeline):
         llava: a transformers LLaVA directory (LlavaForConditionalGeneration + tokenizer + image
             processor), e.g. LLaVA-Llama-3-8B or HunyuanVideo-I2V's text encoder.
         polyvivid_weights: a directory with polyvivid_weights.safetensors (a training run's final/).
+        transformer: one already built from hunyuanvideo's transformer/ (training builds its own, sharded);
+            transformer_options then do not apply.
         """
         from transformers import AutoTokenizer
 
         from ..storage import materialize_dir
 
         hv, llava = materialize_dir(str(hunyuanvideo)), materialize_dir(str(llava))
-        transformer = PolyVividTransformer.from_hunyuanvideo(hv / "transformer", torch_dtype, **transformer_options)
+        if transformer is None:
+            transformer = PolyVividTransformer.from_hunyuanvideo(hv / "transformer", torch_dtype, **transformer_options)
         if polyvivid_weights is not None:
             transformer.load_polyvivid_weights(materialize_dir(str(polyvivid_weights)))
         pipe = cls(

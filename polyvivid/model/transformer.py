@@ -216,42 +216,66 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             tensor.copy_(source[name])
 
     @classmethod
+    def build_on_meta(cls, base_dir: str | Path, **polyvivid_config: Any) -> "PolyVividTransformer":
+        """The model of a HunyuanVideo transformer directory's config.json with `polyvivid_config`, every
+        tensor on the meta device: shapes only, no memory (a 13B model is built in no time and no RAM)."""
+        config = json.loads((Path(base_dir) / "config.json").read_text())
+        base_keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in base_keys}
+        with torch.device("meta"):
+            return cls(**kwargs, **polyvivid_config)
+
+    def base_weight_sources(self) -> dict[str, str]:
+        """Every tensor PolyVivid does not own, and the HunyuanVideo checkpoint's name it is loaded from: the
+        base's own (where peft wrapped a Linear, ours is "x.base_layer.weight") and, with
+        interaction_weights="copy", the interaction block's copy of block `interaction_block`."""
+        own = set(self.polyvivid_parameter_names())
+        inherited = f"transformer_blocks.{self.config.interaction_block}."
+        sources = {}
+        for name in self.state_dict():
+            if name in own:
+                continue
+            plain = name.replace(".base_layer.", ".")
+            if plain.startswith("interaction.block."):
+                plain = inherited + plain[len("interaction.block."):]
+            sources[name] = plain
+        return sources
+
+    def materialize_polyvivid_parameters(self, dtype: torch.dtype = torch.float32) -> set[str]:
+        """On a model built on the meta device: PolyVivid's own parameters on the CPU in `dtype` (fp32, the
+        master weights of what trains), initialised as a fresh model's (zero FCs, LoRA B = 0) from the
+        global RNG, which the caller seeds (every rank alike). The base stays on meta, to be loaded.
+        Returns their names."""
+        own = set(self.polyvivid_parameter_names())
+        for prefix, module in self.named_modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None and (f"{prefix}.{name}" if prefix else name) in own:
+                    module._parameters[name] = nn.Parameter(torch.empty(param.shape, dtype=dtype),
+                                                            requires_grad=param.requires_grad)
+        self.reset_polyvivid_parameters()
+        return own
+
+    @classmethod
     def from_hunyuanvideo(cls, base_dir: str | Path, torch_dtype: torch.dtype = torch.float32,
                           **polyvivid_config: Any) -> "PolyVividTransformer":
         """Assemble PolyVivid from a HunyuanVideo transformer directory (diffusers layout, safetensors).
 
-        The model is built on the meta device and only then materialised, so a 13B base is read once
-        and never randomly initialised.
-        """
-        from safetensors.torch import load_file
+        Built on the meta device; the base weights are then read into the model's own memory tensor by
+        tensor (model.loading), so a 13B base is read once, never randomly initialised and never held
+        twice. Training shards the meta model first and reads each rank's rows (train.trainer)."""
+        from .loading import SafetensorsDir, load_weights, materialize
 
-        base_dir = Path(base_dir)
-        config = json.loads((base_dir / "config.json").read_text())
-        base_keys = set(HunyuanVideoTransformer3DModel._get_init_keys(HunyuanVideoTransformer3DModel))
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in base_keys}
-        with torch.device("meta"):
-            model = cls(**kwargs, **polyvivid_config)
-        # nn.Module.to: diffusers' own `to` warns about casts, which do not apply to meta tensors.
-        nn.Module.to(model, dtype=torch_dtype).to_empty(device="cpu")
-        model.reset_polyvivid_parameters()
-
-        shards = sorted(base_dir.glob("*.safetensors"))
-        if not shards:
-            raise FileNotFoundError(f"no .safetensors weights in {base_dir}")
-        # Our names differ from the base only where peft wrapped a Linear ("x.base_layer.weight").
-        ours = {k.replace(".base_layer.", "."): k for k in model.state_dict() if "lora_" not in k}
-        expected = {k for k in ours if not k.startswith(("interaction.", "identity_injection."))}
-        seen = set()
-        for shard in shards:
-            state = load_file(shard)
-            unknown = set(state) - set(ours)
-            if unknown:
-                raise ValueError(f"{shard.name} has weights HunyuanVideo does not: {sorted(unknown)[:3]}")
-            model.load_state_dict({ours[k]: v.to(torch_dtype) for k, v in state.items()}, strict=False)
-            seen |= set(state)
-        if expected - seen:
-            raise ValueError(f"{base_dir} lacks {len(expected - seen)} base weights, e.g. {sorted(expected - seen)[:3]}")
-        model.inherit_interaction_weights()
+        source = SafetensorsDir(base_dir)
+        model = cls.build_on_meta(base_dir, **polyvivid_config)
+        own_dtype = torch_dtype if torch_dtype.is_floating_point else torch.float32
+        nn.Module.to(model, dtype=torch_dtype)  # nn.Module's: diffusers' `to` warns about casts meta has no use for
+        own = model.materialize_polyvivid_parameters(own_dtype)
+        materialize(model, "cpu", keep=own)
+        sources = model.base_weight_sources()
+        unknown = sorted(set(source.tensors) - set(sources.values()))
+        if unknown:
+            raise ValueError(f"{base_dir} has weights HunyuanVideo does not: {unknown[:3]}")
+        load_weights(model, source, sources)
         return model
 
     # ----------------------------------------------------------------------------- forward

@@ -77,13 +77,43 @@ def sample_generator(seed: int, position: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + position)
 
 
+def transformer_options(spec: TrainingSpec) -> dict:
+    return dict(spec.model.transformer_options(), lora_rank=spec.lora.rank, lora_alpha=spec.lora.alpha)
+
+
 def build_pipeline(spec: TrainingSpec):
+    """The whole pipeline as inference builds it (evaluation; training builds its transformer sharded)."""
     from ..model.pipeline import PolyVividPipeline
 
-    options = dict(spec.model.transformer_options(), lora_rank=spec.lora.rank, lora_alpha=spec.lora.alpha)
     if spec.model.preset:
-        return PolyVividPipeline.from_preset(spec.model.preset, seed=spec.model.seed, **options)
-    return PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, **options)
+        return PolyVividPipeline.from_preset(spec.model.preset, seed=spec.model.seed, **transformer_options(spec))
+    return PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, **transformer_options(spec))
+
+
+def build_transformer(spec: TrainingSpec, env: DistEnv, frozen_dtype: torch.dtype):
+    """(transformer, the module to call) for a real base, without ever holding a whole copy of it: built on
+    the meta device, frozen weights in `frozen_dtype` (bf16 on GPUs) and PolyVivid's own parameters in fp32
+    (master weights: autocast / FSDP2's param_dtype computes in bf16, AdamW updates fp32), sharded by FSDP2
+    while still on meta, then each rank allocates and reads only its own rows of every base weight from
+    the safetensors files (model.loading). DDP replicates, so there every rank reads everything, then wraps.
+    The caller seeds the RNG: PolyVivid's fresh LoRA and zero FCs are drawn alike on every rank."""
+    from ..model.loading import SafetensorsDir, load_weights, materialize
+    from ..model.transformer import PolyVividTransformer
+    from ..storage import materialize_dir
+
+    base_dir = materialize_dir(spec.model.hunyuanvideo) / "transformer"
+    source = SafetensorsDir(base_dir)
+    transformer = PolyVividTransformer.build_on_meta(base_dir, **transformer_options(spec))
+    torch.nn.Module.to(transformer, dtype=frozen_dtype)
+    own = transformer.materialize_polyvivid_parameters(torch.float32)
+    transformer.freeze_base(spec.trainable)
+    if spec.activation_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    sharded = spec.parallelism == "fsdp" and env.distributed
+    model = parallelize(transformer, spec.parallelism, env, frozen_dtype) if sharded else None
+    materialize(transformer, env.device, keep=own)
+    load_weights(transformer, source, transformer.base_weight_sources())
+    return transformer, model or parallelize(transformer, spec.parallelism, env, frozen_dtype)
 
 
 def encode_sample(pipe, sample: TrainSample, generator: torch.Generator,
@@ -225,27 +255,42 @@ class Trainer:
         if spec.precision == "bf16" and not use_bf16 and env.is_main:
             log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        frozen_dtype = torch.bfloat16 if use_bf16 else torch.float32
         torch.manual_seed(spec.seed)  # the same fresh PolyVivid weights on every rank
-        self.pipe = pipe = build_pipeline(spec)
-        self.transformer = transformer = pipe.transformer
-        counts = transformer.freeze_base(spec.trainable)
+        if spec.model.preset:  # random weights: nothing to load, and small
+            self.pipe = pipe = build_pipeline(spec)
+            self.transformer = transformer = pipe.transformer
+            transformer.freeze_base(spec.trainable)
+            for param in transformer.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(env.device, frozen_dtype)
+            transformer.to(env.device)
+            if spec.activation_checkpointing:
+                transformer.enable_gradient_checkpointing()
+            self.model = parallelize(transformer, spec.parallelism, env, frozen_dtype)
+        else:
+            from ..model.pipeline import PolyVividPipeline
+
+            transformer, self.model = build_transformer(spec, env, frozen_dtype)
+            self.transformer = transformer
+            self.pipe = pipe = PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava,
+                                                                   torch_dtype=frozen_dtype, transformer=transformer)
         self.own = {n for n, p in transformer.named_parameters() if p.requires_grad}  # what checkpoints hold
         if not self.own:
             raise TrainingError(f"nothing to train: this model has no parameters in {spec.trainable}")
         if env.is_main:
+            counts: dict[str, int] = {}
+            for name, param in transformer.named_parameters():
+                if param.requires_grad:
+                    group = transformer.parameter_group(name)
+                    counts[group] = counts.get(group, 0) + param.numel()
             total = sum(p.numel() for p in transformer.parameters())
             log.info("trainable parameters: %s = %d of %d (%.3f%%)",
                      ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())), sum(counts.values()), total,
                      100 * sum(counts.values()) / total)
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.requires_grad_(False).to(env.device)
-            if use_bf16:
-                module.to(torch.bfloat16)
-        transformer.to(env.device)
-        if spec.activation_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            module.requires_grad_(False).to(env.device, frozen_dtype)
         transformer.train()
-        self.model = parallelize(transformer, spec.parallelism, env, torch.bfloat16 if use_bf16 else torch.float32)
         self.trainable = [p for p in transformer.parameters() if p.requires_grad]
         opt = spec.optimizer
         self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.learning_rate, weight_decay=opt.weight_decay,
