@@ -245,6 +245,49 @@ def _train_run_samples_per_s(nproc: int) -> float:
     return round(spec["spec"]["globalBatchSize"] / statistics.median(seconds[1:]), 3)
 
 
+def train_build(args) -> dict:
+    """Peak host RSS per rank over the bf16 bytes of the parameters it holds, building the training
+    transformer at hunyuan-13b widths with few layers (benchmarks/build_memory.py): streamed (meta device,
+    bf16, FSDP2 over 2 ranks, each reading its rows) against every rank building the whole model in fp32,
+    as the trainer did before. Target: streamed <= 1.25 (the rest is the process: torch and the imports)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="polyvivid-bench-build-"))
+    base = work / "transformer"
+    run = lambda *a: [json.loads(line) for line in subprocess.run(
+        [sys.executable, *a], check=True, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.splitlines() if line.startswith("{")]
+    try:
+        params = run("-m", "benchmarks.build_memory", "write", str(base), "--preset", args.build_preset,
+                     "--layers", args.build_layers)[0]["params"]
+        streamed = run("-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                       "--master-port", str(free_port()), "-m", "benchmarks.build_memory", "build", str(base))
+        whole = run("-m", "benchmarks.build_memory", "build", str(base), "--mode", "whole_fp32", "--world", "2")[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratio = lambda r: r["peak_rss_bytes"] / r["held_bf16_bytes"]
+    worst = max(streamed, key=ratio)
+    gib = lambda b: round(b / 2**30, 3)
+    return {
+        "name": "train_build",
+        "shape": f"{args.build_preset} widths, {args.build_layers} double,single blocks: {params / 1e9:.2f}B base params",
+        "ranks": 2,
+        "peak_rss_gib": {"streamed": gib(worst["peak_rss_bytes"]), "whole_fp32": gib(whole["peak_rss_bytes"])},
+        "rss_before_build_gib": gib(worst["rss_before_build_bytes"]),
+        "held_bf16_gib": {"streamed": gib(worst["held_bf16_bytes"]), "whole_fp32": gib(whole["held_bf16_bytes"])},
+        "rss_over_held_bf16": {"streamed": round(ratio(worst), 3), "whole_fp32": round(ratio(whole), 3)},
+        "ratio": {"streamed/whole_fp32": round(ratio(worst) / ratio(whole), 3)},
+        "target": 1.25,
+        "pass": ratio(worst) <= 1.25,
+    }
+
+
 def curate(args) -> dict:
     """Clips per second through the whole curation pipeline on local Ray with the tiny models
     (8 raw videos of two shots each, with caption files), against the split+filter stage alone."""
@@ -490,7 +533,7 @@ def operator(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, curate, clique, serve, operator)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, curate, clique, serve, operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -502,9 +545,12 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--serve-repeats", type=int, default=3, help="timed HTTP requests in the serve bench")
+    parser.add_argument("--build-preset", default="hunyuan-13b", help="widths of the train_build model")
+    parser.add_argument("--build-layers", default="4,4", help="double,single blocks of the train_build model")
     parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step, "train_step": train_step, "curate": curate, "clique": clique,
+    benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "curate": curate,
+                  "clique": clique,
                   "serve": serve, "operator": operator}
     for name, fn in benchmarks.items():
         if args.only and name != args.only:

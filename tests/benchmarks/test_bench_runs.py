@@ -26,3 +26,19 @@ def test_model_step_line_has_every_figure():
     assert all(v > 0 for v in line["seconds_per_step"].values())
     assert set(line["ratio"]) == {"polyvivid/base", "token_concat_video_res/base", "token_concat_llava_grid/base"}
     assert line["peak_rss_mib"] > 100 and isinstance(line["pass"], bool)
+
+
+def test_train_build_line_has_every_figure():
+    """At tiny widths the process itself dominates (the figure is meant for hunyuan-13b widths): only the
+    line's form is checked here."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "train_build", "--build-preset", "tiny",
+         "--build-layers", "1,1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+    assert line["name"] == "train_build" and line["ranks"] == 2
+    assert set(line["rss_over_held_bf16"]) == {"streamed", "whole_fp32"} and line["ratio"]["streamed/whole_fp32"] > 0
+    assert line["held_bf16_gib"]["streamed"] <= line["held_bf16_gib"]["whole_fp32"] * 1.05
+    assert line["target"] == 1.25 and isinstance(line["pass"], bool)
