@@ -90,6 +90,10 @@ class ArtifactStore:
     def read_bytes(self, key: str) -> bytes:
         raise NotImplementedError
 
+    def local_path(self, key: str) -> Path | None:
+        """The file holding `key` when the store is a local directory (readers can stream it), else None."""
+        return None
+
     def read_into(self, key: str, f: BinaryIO) -> None:
         """Copy the object into an open file in chunks (never whole in memory). Subclasses stream; this
         fallback reads it whole."""
@@ -176,6 +180,9 @@ class LocalStore(ArtifactStore):
             raise ObjectNotFound(f"no such object: {self.uri(key)}") from None
         except OSError as e:
             raise StorageError(f"cannot read {self.uri(key)}: {e.strerror}") from None
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
 
     def read_into(self, key: str, f: BinaryIO) -> None:
         try:

@@ -125,6 +125,13 @@ class OptimizerSpec(ApiModel):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
 
 
+class DataLoaderSpec(ApiModel):
+    """Each rank's sample loading: worker processes read, decode and scale the samples of the coming steps
+    while the GPU trains on the current one."""
+    workers: int = Field(2, ge=0, le=64, description="loader processes per rank; 0 loads in the training process")
+    prefetch_steps: int = Field(2, ge=1, le=64, description="steps of samples each worker keeps ready")
+
+
 class ResourcesSpec(ApiModel):
     nodes: int = Field(1, ge=1, le=512)
     gpus_per_node: int = Field(8, ge=0, le=16, description="0 trains on CPU (one process per node)")
@@ -202,6 +209,7 @@ class TrainingSpec(ApiModel):
                     "the LoRA on the double blocks' Q/K/V; everything else stays frozen")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     global_batch_size: int = Field(256, ge=1)
+    data_loader: DataLoaderSpec = Field(default_factory=DataLoaderSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     precision: Literal["bf16", "fp32"] = "bf16"
     parallelism: Literal["fsdp", "ddp"] = "fsdp"

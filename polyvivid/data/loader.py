@@ -1,5 +1,5 @@
-"""Reads the dataset for training: decodes clips with PyAV, takes a window of the stage's frames,
-resizes and crops to the stage's resolution, composes the caption, and shards samples over ranks.
+"""Reads the dataset for training: decodes a window of the stage's frames with PyAV, scaled as they are
+decoded and cropped to the stage's resolution, composes the caption, and shards samples over ranks.
 
 Each stage part reads a view of the dataset (stage_view): the samples with the stage's number of
 subjects and enough frames. Which sample of the view a rank reads at a step, its frame window and
@@ -13,17 +13,18 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import signal
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..api.training import Stage
 from ..images import ImageRejected, read_image
 from ..model.request import word_in_prompt
+from ..processes import die_with_parent
 from ..storage import ArtifactStore, StorageError, open_store
 from .dataset import SampleRecord, read_manifest
 
@@ -47,17 +48,44 @@ class TrainSample:
     subjects: list[tuple[str, Image.Image]]
 
 
-def decode_frames(data: bytes) -> np.ndarray:
+def cover_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """(h', w'): the frame scaled, aspect kept, to the smallest size that covers height x width."""
+    scale = max(height / h, width / w)
+    return max(height, round(h * scale)), max(width, round(w * scale))
+
+
+def decode_window(source: bytes | str, frames: int, height: int, width: int, generator: torch.Generator,
+                  num_frames: int | None = None) -> np.ndarray:
+    """`frames` contiguous frames (pick_frames, from `generator`) of an mp4 (bytes, or a local path, which
+    is streamed) at height x width, [F, H, W, 3] uint8: FFmpeg's swscale scales each frame as it is decoded
+    (area filter) to cover the target, and the centre is cut out. Frames before the window are decoded but
+    not converted; decoding stops at its end. num_frames: the clip's length when known (the manifest's),
+    else the container's count."""
     import av
 
     try:
-        with av.open(io.BytesIO(data)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        with av.open(source if isinstance(source, str) else io.BytesIO(source)) as container:
+            stream = container.streams.video[0]
+            total = num_frames or stream.frames
+            if not total:  # no count anywhere: count by decoding, then start again
+                total = sum(1 for _ in container.decode(stream))
+                container.seek(0)
+            window = pick_frames(total, frames, generator)
+            out = []
+            for index, frame in enumerate(container.decode(stream)):
+                if index < window[0]:
+                    continue
+                h, w = cover_size(frame.height, frame.width, height, width)
+                out.append(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA"))
+                if len(out) == frames:
+                    break
     except (av.error.FFmpegError, ValueError, IndexError) as e:
         raise SampleError(f"undecodable video ({type(e).__name__})") from None
-    if not frames:
-        raise SampleError("video has no frames")
-    return np.stack(frames)
+    if len(out) < frames:  # the container or the manifest promised more frames than there are
+        raise SampleError(f"{SHORT_CLIP}: {window[0] + len(out)} frames, {frames} wanted")
+    video = np.stack(out)
+    top, left = (video.shape[1] - height) // 2, (video.shape[2] - width) // 2
+    return video[:, top:top + height, left:left + width]
 
 
 def pick_frames(total: int, wanted: int, generator: torch.Generator) -> np.ndarray:
@@ -111,20 +139,6 @@ def describe_subjects(low: int, high: int) -> str:
     return f"{low} subject{'s' * (low > 1)}" if low == high else f"{low}..{high} subjects"
 
 
-def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[F, 3, h, w] -> [F, 3, height, width]: centre crop to the aspect ratio, then resize."""
-    _, _, h, w = video.shape
-    if h * width > w * height:  # too tall
-        new_h = round(w * height / width)
-        top = (h - new_h) // 2
-        video = video[:, :, top:top + new_h]
-    else:
-        new_w = round(h * width / height)
-        left = (w - new_w) // 2
-        video = video[:, :, :, left:left + new_w]
-    return F.interpolate(video, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-
-
 class SubjectVideoDataset:
     """The samples of a manifest, or a view of some of them (select). Views share the store, the
     records and the skip counts; each has its own order and its own known-bad samples."""
@@ -150,6 +164,13 @@ class SubjectVideoDataset:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __getstate__(self) -> dict:  # to a loader worker: without the store's client
+        return {k: v for k, v in self.__dict__.items() if k != "store"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.store = open_store(self.uri)
 
     def select(self, frames: int, min_subjects: int, max_subjects: int) -> SubjectVideoDataset:
         """A view of the samples with min..max subjects (subjects_fit) and at least `frames` frames. A clip
@@ -188,15 +209,15 @@ class SubjectVideoDataset:
         if len(record.subjects) > max_subjects:
             raise SampleError(f"more subjects than maxSubjects: {len(record.subjects)}, at most {max_subjects}")
         try:
-            clip = decode_frames(self.store.read_bytes(record.video))
-            chosen = pick_frames(len(clip), frames, generator)  # before reading the images: a short clip is done
+            local = self.store.local_path(record.video)
+            source = str(local) if local is not None and local.is_file() else self.store.read_bytes(record.video)
+            clip = decode_window(source, frames, height, width, generator, record.num_frames)
             subjects = [(s.word, read_image(self.store.read_bytes(s.image))[0]) for s in record.subjects]
         except StorageError as e:
             raise SampleError(str(e)) from None
         except ImageRejected as e:
             raise SampleError(f"unreadable subject image: {e}") from None
-        video = torch.from_numpy(clip[chosen]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        video = resize_crop(video, height, width).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
+        video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # [3, F, H, W]
         return TrainSample(record.id, video, compose_caption(record, generator), subjects)
 
     def get(self, position: int, seed: int, frames: int, height: int, width: int, max_subjects: int,
@@ -242,3 +263,78 @@ def stage_view(dataset: SubjectVideoDataset, stage: Stage, frames: int) -> tuple
         if len(wider) > len(view):
             return wider, f"{shortfall}: training on the {len(wider)} with {describe_subjects(1, stage.max_subjects)}"
     raise SampleError(f"stage {stage.name}: {shortfall} in {dataset.uri}")
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """The samples one rank reads for one step: at these global positions, from one view, at one size."""
+    step: int
+    view: object  # a key of the views the StepLoader was given
+    positions: tuple[int, ...]
+    frames: int
+    height: int
+    width: int
+    max_subjects: int
+
+
+@dataclass
+class LoadedStep:
+    step: int
+    samples: list[tuple[TrainSample, torch.Tensor]]  # each sample and its generator's state after loading
+    skipped: list[tuple[int, str]]  # samples newly skipped while loading (dataset index, reason)
+    error: str | None = None  # a SampleError that ends the run
+
+
+class StepLoader(torch.utils.data.IterableDataset):
+    """A rank's samples, step by step, loaded ahead of the training loop by DataLoader workers (worker w
+    loads steps w, w + workers, ...; the DataLoader returns them in step order).
+
+    Each sample draws its frames and caption from `generator_for(position)`; the generator's state comes
+    back with the sample, so the step goes on drawing from it (latents, noise) exactly as if it had loaded
+    the sample itself. Samples skipped in a worker come back too, to be counted in the training process.
+    """
+
+    def __init__(self, views: dict, requests: list[StepRequest], seed: int, generator_for):
+        self.views, self.requests, self.seed, self.generator_for = views, requests, seed, generator_for
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        requests = self.requests if info is None else self.requests[info.id::info.num_workers]
+        counted = set(next(iter(self.views.values()))._counted)  # views of one dataset share what they counted
+        for request in requests:
+            view = self.views[request.view]
+            samples = []
+            try:
+                for position in request.positions:
+                    generator = self.generator_for(position)
+                    sample = view.get(position, self.seed, request.frames, request.height, request.width,
+                                      request.max_subjects, generator)
+                    samples.append((sample, generator.get_state()))
+            except SampleError as e:
+                yield LoadedStep(request.step, [], [], error=str(e))
+                return
+            new = sorted(view._counted - counted)
+            counted |= set(new)
+            yield LoadedStep(request.step, samples, new)
+
+
+def _as_is(step: LoadedStep) -> LoadedStep:
+    return step
+
+
+def _die_with_rank(worker_id: int) -> None:
+    # DataLoader's own watchdog left a dead rank's workers running for minutes, holding its output open
+    die_with_parent(signal.SIGKILL)
+
+
+def step_batches(loader: StepLoader, workers: int, prefetch_steps: int):
+    """An iterator of LoadedStep in step order: loaded in `workers` processes (each `prefetch_steps` steps
+    ahead), or in this one with workers 0.
+
+    Workers are spawned, not forked: a forked worker would inherit the rank's process-group sockets and
+    keep them open after the rank died, so the other ranks would wait on a dead peer instead of failing."""
+    if workers == 0:
+        return iter(loader)
+    return iter(torch.utils.data.DataLoader(loader, batch_size=None, num_workers=workers,
+                                            prefetch_factor=prefetch_steps, collate_fn=_as_is,
+                                            worker_init_fn=_die_with_rank, multiprocessing_context="spawn"))

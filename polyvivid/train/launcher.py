@@ -27,6 +27,8 @@ import threading
 import time
 from datetime import timedelta
 
+from ..processes import die_with_parent
+
 LOOPBACK = "127.0.0.1"
 ERROR_PREFIX = "polyvivid: error:"
 STOP_GRACE_S = 120  # a stopped worker finishes its step and uploads a checkpoint first
@@ -51,10 +53,7 @@ def worker_env(rank: int, nproc: int, port: int) -> dict[str, str]:
 def _die_with_parent() -> None:
     """In the child before exec: its own session, and SIGTERM when the launcher dies (Linux PR_SET_PDEATHSIG)."""
     os.setsid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 class _ErrorsOnce:

@@ -16,6 +16,7 @@ The flow-matching maths and the learning-rate schedule are in training_utils.py.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import signal
@@ -28,7 +29,9 @@ from pathlib import Path
 import torch
 
 from ..api.training import Stage, TrainingSpec
-from ..data.loader import SubjectVideoDataset, TrainSample, describe_subjects, stage_view
+from ..data.loader import (
+    SampleError, StepLoader, StepRequest, SubjectVideoDataset, TrainSample, describe_subjects, stage_view, step_batches,
+)
 from ..storage import ArtifactStore, StorageError, open_store, with_retries
 from .checkpoint import CheckpointError, Checkpoints
 from .parallel import DistEnv, all_reduce_mean, any_rank, init_distributed, parallelize, set_gradient_sync
@@ -200,6 +203,7 @@ class Trainer:
         self.reporter: ProgressReporter | None = None  # close() also runs after a setup() that failed early
         self.scratch: Path | None = None
         self.start = 0  # the first step to run: a resumed run's checkpoint step
+        self.loaded: Iterator | None = None  # LoadedStep of each step from self.start (start_loading)
         self.last_checkpoint: str | None = None
 
     # ----------------------------------------------------------------------------- setup
@@ -309,15 +313,29 @@ class Trainer:
                 log.info("resumed from %s at step %d", self.last_checkpoint, self.start)
 
     # ----------------------------------------------------------------------------- one step
+    def start_loading(self) -> None:
+        """Loader workers (spec.dataLoader) start reading this rank's samples of every step from self.start."""
+        spec, requests = self.spec, []
+        for step in range(self.start, spec.total_steps):
+            plan, first = plan_step(spec, step), step * spec.global_batch_size + self.env.rank * self.per_rank
+            res = plan.resolution
+            requests.append(StepRequest(step, (plan.stage_index, plan.low_res), tuple(range(first, first + self.per_rank)),
+                                        res.frames, res.height, res.width, plan.stage.max_subjects))
+        loader = StepLoader(self.views, requests, spec.seed, functools.partial(sample_generator, spec.seed))
+        self.loaded = step_batches(loader, spec.data_loader.workers, spec.data_loader.prefetch_steps)
+
     def batch(self, plan: StepPlan) -> Iterator[MicroBatch]:
-        """This rank's share of the step's global batch from the stage part's view of the dataset, one encoded
-        sample at a time (read and encoded as the step asks for it: one sample's activations in memory at once)."""
-        spec, res = self.spec, plan.resolution
-        for j in range(self.per_rank):
-            position = plan.step * spec.global_batch_size + self.env.rank * self.per_rank + j
-            generator = sample_generator(spec.seed, position)
-            sample = self.views[plan.stage_index, plan.low_res].get(position, spec.seed, res.frames, res.height,
-                                                                     res.width, plan.stage.max_subjects, generator)
+        """This rank's share of the step's global batch, loaded ahead by the loader workers, one encoded sample
+        at a time (encoded as the step asks for it: one sample's activations in memory at once)."""
+        loaded = next(self.loaded)
+        if loaded.error:
+            raise SampleError(loaded.error)
+        assert loaded.step == plan.step, (loaded.step, plan.step)
+        for index, reason in loaded.skipped:  # skipped in a worker: counted here, for progress.json
+            self.dataset._skip(index, reason)
+        for sample, state in loaded.samples:
+            generator = torch.Generator()
+            generator.set_state(state)  # where loading left it: the latents and noise are drawn next
             x0, cond = encode_sample(self.pipe, sample, generator, self.env.device)
             yield MicroBatch(x0, cond, generator)
 
@@ -373,6 +391,7 @@ class Trainer:
         """The steps from the resume point to the end, then finish(): 0. After a SIGTERM on any rank the
         current step ends with a checkpoint and every rank leaves: EXIT_PREEMPTED, for a restart to resume."""
         spec = self.spec
+        self.start_loading()
         for step in range(self.start, spec.total_steps):
             plan = plan_step(spec, step)
             started = time.perf_counter()
@@ -436,6 +455,7 @@ class Trainer:
     def close(self) -> None:
         """Stop the metrics endpoint and remove the scratch directory. Idempotent; runs after a failure too
         (but never leaves the process group then: the other ranks may not be there to leave with)."""
+        self.loaded = None  # the loader workers stop
         if self.reporter is not None:
             self.reporter.close()
             self.reporter = None

@@ -39,6 +39,7 @@ def training_manifest(dataset: str, output: str, steps=(2, 2), low_res=1, parall
         "globalBatchSize": 2, "resources": {"nodes": 1, "gpusPerNode": 0}, "precision": "fp32",
         "parallelism": parallelism, "activationCheckpointing": False, "checkpointInterval": 2,
         "progressInterval": 1, "metricsPort": 0,
+        "dataLoader": {"workers": 0},  # in the training process: tests opt in to worker processes (they take seconds to start)
     }
     body.update(spec)
     return {"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividTraining", "metadata": {"name": "t"},

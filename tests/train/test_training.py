@@ -32,7 +32,8 @@ def test_ddp_and_fsdp2_on_two_processes_train_both_stages_into_s3(synth_dataset,
     for mode in ("ddp", "fsdp"):
         output = f"{s3_bucket}/runs/{mode}"
         spec = write_spec(tmp_path / f"{mode}.yaml", training_manifest(synth_dataset, output, parallelism=mode,
-                                                                        activationCheckpointing=True))
+                                                                        activationCheckpointing=True,
+                                                                        dataLoader={"workers": 2}))
         result = polyvivid("train", str(spec), "--local", "--nproc", "2", env=s3_worker_env(s3_env))
         assert result.returncode == 0, result.stderr[-3000:]
         state = progress(output)
@@ -77,7 +78,9 @@ def test_two_nodes_rendezvous_over_c10d(synth_dataset, tmp_path):
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(synth_dataset, tmp_path):
-    manifest = lambda out: training_manifest(synth_dataset, out, steps=(6, 6), checkpointInterval=3)
+    # loader workers too: a killed rank's workers must die with it, or its peers wait on its open sockets
+    manifest = lambda out: training_manifest(synth_dataset, out, steps=(6, 6), checkpointInterval=3,
+                                             dataLoader={"workers": 2})
     reference = str(tmp_path / "reference")
     result = polyvivid("train", str(write_spec(tmp_path / "ref.yaml", manifest(reference))), "--local", "--nproc", "2")
     assert result.returncode == 0, result.stderr[-2000:]

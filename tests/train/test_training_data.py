@@ -4,6 +4,7 @@ disk; the last two tests are real `polyvivid train` runs."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 
@@ -12,7 +13,9 @@ import torch
 
 from polyvivid.api.training import Stage
 from polyvivid.data.dataset import MANIFEST, SampleRecord, read_manifest, write_manifest
-from polyvivid.data.loader import SHORT_CLIP, SampleError, SubjectVideoDataset, compose_caption, stage_view
+from polyvivid.data.loader import (
+    SHORT_CLIP, SampleError, StepLoader, StepRequest, SubjectVideoDataset, compose_caption, stage_view, step_batches,
+)
 from polyvivid.data.synthetic import write_synthetic_dataset
 from polyvivid.model.request import word_in_prompt
 from polyvivid.storage import open_store
@@ -170,6 +173,31 @@ def test_clips_shorter_than_the_window_are_dropped_and_counted_never_stretched(t
     assert low_res_reads == {ds.samples[i].id for i in (0, 3, 6, 9)}  # long enough for 5 frames
 
 
+# ----------------------------------------------------------------------------------------------- loader workers
+def test_loader_workers_read_what_the_training_process_would_in_step_order(tmp_path):
+    def change(records):
+        records[3].video = "clips/missing.mp4"  # skipped wherever it is read, and counted once
+        return records
+
+    requests = [StepRequest(step, "identity" if step < 3 else "interaction", (2 * step, 2 * step + 1), 5, 32, 32, 3)
+                for step in range(6)]
+    dataset(tmp_path, change)
+    loads = {}
+    for workers in (0, 2):
+        ds = SubjectVideoDataset(str(tmp_path))  # each run its own skip counts
+        views = {name: stage_view(ds, stage(name), 5)[0] for name in ("identity", "interaction")}
+        loader = StepLoader(views, requests, 0, functools.partial(sample_generator, 0))
+        loads[workers] = list(step_batches(loader, workers, prefetch_steps=2))
+    for a, b in zip(*loads.values(), strict=True):
+        assert a.step == b.step and a.error is b.error is None
+        assert [s.id for s, _ in a.samples] == [s.id for s, _ in b.samples]
+        assert all(torch.equal(x.video, y.video) and x.caption == y.caption and torch.equal(gx, gy)
+                   for (x, gx), (y, gy) in zip(a.samples, b.samples))
+    assert [l.step for l in loads[2]] == list(range(6))
+    skipped = [pair for l in loads[2] for pair in l.skipped]
+    assert skipped == [pair for l in loads[0] for pair in l.skipped] and len(skipped) == 1 and skipped[0][0] == 3
+
+
 # ----------------------------------------------------------------------------------------------- runs
 def _records_for_run(records):
     """Only single-subject clips (so the interaction stage must fall back); one names an ungrounded
@@ -184,7 +212,8 @@ def test_a_run_trains_each_stage_on_its_view_and_records_the_fallback(tmp_path):
     data = tmp_path / "data"
     dataset(data, _records_for_run)
     output = tmp_path / "run"
-    spec = write_spec(tmp_path / "spec.yaml", training_manifest(str(data), str(output), steps=(1, 1), low_res=0))
+    spec = write_spec(tmp_path / "spec.yaml", training_manifest(str(data), str(output), steps=(1, 1), low_res=0,
+                                                                dataLoader={"workers": 2}))  # skipped in a worker
     result = polyvivid("train", str(spec))
     assert result.returncode == 0, result.stderr[-2000:]
     state = progress(str(output))
