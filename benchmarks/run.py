@@ -288,6 +288,29 @@ def train_build(args) -> dict:
     }
 
 
+def plan(args) -> dict:
+    """The memory planner's estimate against the measured peak of a training step on CPU (benchmarks/step_memory.py:
+    the process's RSS above its RSS before the build, every allocation of 64 KiB or more mapped on its own so that
+    the RSS follows the live tensors), at a small shape, with and without activation checkpointing. Target: the
+    estimate within 25% of the measurement."""
+    from benchmarks.step_memory import measure
+    from polyvivid.memory_plan import Setup, estimate
+
+    config = dict(CPU_SHAPE, lora_rank=16, lora_alpha=16.0)
+    figures = {}
+    for checkpointing in (False, True):
+        measured = measure(config, 33, 512, 256, checkpointing)
+        setup = Setup(config=config, trainable=("identity_injection", "lora_blocks", "lora_interaction"), data_parallel=1,
+                      parallelism="ddp", activation_checkpointing=checkpointing, compute_bytes=4, reserved_gib=0)
+        estimated = estimate(setup, measured["video_tokens"], measured["text_tokens"]).peak
+        figures["checkpointing" if checkpointing else "no_checkpointing"] = {
+            "measured_mib": round(measured["peak_bytes"] / 2**20, 1), "estimated_mib": round(estimated / 2**20, 1),
+            "estimated/measured": round(estimated / measured["peak_bytes"], 3)}
+    return {"name": "plan", "shape": "cpu hidden 256, 2 double + 4 single, 33x512x256 (4608 video tokens), fp32",
+            **figures, "target": "0.75..1.25",
+            "pass": all(0.75 <= f["estimated/measured"] <= 1.25 for f in figures.values())}
+
+
 def curate(args) -> dict:
     """Clips per second through the whole curation pipeline on local Ray with the tiny models
     (8 raw videos of two shots each, with caption files), against the split+filter stage alone."""
@@ -533,7 +556,8 @@ def operator(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, curate, clique, serve, operator)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, curate, clique, serve, "
+                             "operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -549,7 +573,7 @@ def main(argv=None) -> int:
     parser.add_argument("--build-layers", default="4,4", help="double,single blocks of the train_build model")
     parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "curate": curate,
+    benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "plan": plan, "curate": curate,
                   "clique": clique,
                   "serve": serve, "operator": operator}
     for name, fn in benchmarks.items():

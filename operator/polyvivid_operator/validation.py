@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from polyvivid import memory_plan
 from polyvivid.api import CurationJob, PolyVividService, PolyVividTraining
 from polyvivid.api.common import format_validation_error
 from polyvivid.api.curation import CURATION_STAGES
@@ -90,6 +91,9 @@ def check_training(spec, config: OperatorConfig) -> None:
     if spec.resources.gpus_per_node > config.max_gpus_per_node:
         raise InvalidSpec(f"spec.resources.gpusPerNode: {spec.resources.gpus_per_node} GPUs per node requested, "
                           f"the largest node has {config.max_gpus_per_node}")
+    too_big = memory_plan.refusal(spec)  # a run that would fail with out-of-memory after its pods were scheduled
+    if too_big:
+        raise InvalidSpec(f"spec.resources.gpuMemoryGib: {too_big}")
 
 
 def check_curation(spec, config: OperatorConfig) -> None:

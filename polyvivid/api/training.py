@@ -135,6 +135,8 @@ class DataLoaderSpec(ApiModel):
 class ResourcesSpec(ApiModel):
     nodes: int = Field(1, ge=1, le=512)
     gpus_per_node: int = Field(8, ge=0, le=16, description="0 trains on CPU (one process per node)")
+    gpu_memory_gib: float = Field(80.0, gt=0, le=1024, description="memory of one GPU (H100: 80, H200: 141); "
+                                  "the operator refuses a spec the memory planner says cannot fit")
 
     @property
     def world_size(self) -> int:

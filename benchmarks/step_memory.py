@@ -1,0 +1,65 @@
+"""The memory planner's check: one training step of PolyVividTransformer on CPU (forward, backward, AdamW),
+printing its peak memory (the process's peak RSS above its RSS before the build) and its token counts as JSON.
+
+  MALLOC_MMAP_THRESHOLD_=65536 python -m benchmarks.step_memory CONFIG_JSON FRAMES HEIGHT WIDTH CHECKPOINTING
+
+Run it with MALLOC_MMAP_THRESHOLD_ set (measure() does): glibc then maps every allocation of 64 KiB or more
+on its own and unmaps it when freed, so the RSS follows the live tensors, as a GPU's max_memory_allocated
+does, instead of keeping freed memory in its heap.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import torch
+
+SUBJECTS, GRID = 2, 4  # two subjects of a 4x4 LLaVA grid: 32x32 px images, 16 subject tokens each
+
+
+def measure(config: dict, frames: int, height: int, width: int, checkpointing: bool) -> dict:
+    """{"peak_bytes", "video_tokens", "text_tokens"} of one step, in a fresh process."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_memory", json.dumps(config), str(frames), str(height),
+                          str(width), str(int(checkpointing))], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"})
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main() -> None:
+    from polyvivid.model.rope import interaction_positions
+    from polyvivid.model.transformer import PolyVividTransformer
+
+    config, (frames, height, width), ckpt = json.loads(sys.argv[1]), map(int, sys.argv[2:5]), sys.argv[5] == "1"
+    text_pos, subject_pos = interaction_positions([40, 10, 10], [(GRID, GRID)] * SUBJECTS)
+    g = torch.Generator().manual_seed(0)
+    latent = dict(
+        hidden_states=torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=g),
+        timestep=torch.tensor([500.0]), guidance=torch.tensor([1000.0]),
+        encoder_hidden_states=torch.randn(1, len(text_pos), config["text_embed_dim"], generator=g),
+        encoder_attention_mask=torch.ones(1, len(text_pos), dtype=torch.long),
+        pooled_projections=torch.randn(1, config["pooled_projection_dim"], generator=g),
+        subject_latents=torch.randn(1, SUBJECTS, 16, 2 * GRID, 2 * GRID, generator=g),
+        text_positions=text_pos[None], subject_positions=subject_pos[None])
+    before = current_rss()  # not ru_maxrss: an import's passing peak would hide part of the step's
+    model = PolyVividTransformer(**config).train()
+    model.freeze_base()
+    if ckpt:
+        model.enable_gradient_checkpointing()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss = (model(**latent).sample - 1).pow(2).mean()
+    loss.backward()
+    opt.step()
+    print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before,
+                      "video_tokens": latent["hidden_states"][0, 0].numel() // 4,
+                      "text_tokens": len(text_pos) + SUBJECTS * GRID * GRID}))  # text, and subject tokens
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`polyvivid plan`: the memory planner's estimate, per GPU, for each stage and resolution of a training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import asdict
+
+from .options import UsageError
+
+COLUMNS = ("stage", "resolution", "size", "video_tokens", "params_gib", "grads_gib", "optimizer_gib", "gathered_gib",
+           "encoders_gib", "activations_gib", "reserved_gib", "per_gpu_gib", "fits")
+
+
+def gib(text: str) -> float:
+    """'80GiB', '141 GiB', '80Gi' or '80' -> 80.0 (GiB); '80GB' is 10^9 bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(GiB|Gi|GB|G)?\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (e.g. 80GiB)")
+    value = float(match.group(1))
+    return value * 1e9 / 2**30 if match.group(2) == "GB" else value
+
+
+def register(subparsers) -> None:
+    plan = subparsers.add_parser(
+        "plan", help="estimate a training's GPU memory before it runs",
+        description="Per GPU, for each stage and resolution of a PolyVividTraining: the estimated parameters, "
+                    "gradients, optimizer state, all-gathered blocks (FSDP), frozen encoders, activations, a "
+                    "reserve, the peak, and whether it fits. The operator refuses a spec that does not fit. The "
+                    "model is analytic (polyvivid/memory_plan.py); README \"Training at scale\" says how it was "
+                    "validated.",
+        epilog="examples:\n  polyvivid plan manifests/examples/training.yaml\n"
+               "  polyvivid plan manifests/examples/training.yaml --gpu-memory 141GiB --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("spec", help="a PolyVividTraining manifest (YAML)")
+    plan.add_argument("--gpu-memory", type=gib, default=None,
+                      help="memory of one GPU, e.g. 80GiB or 141GiB (default: the spec's resources.gpuMemoryGib, 80)")
+    plan.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
+    plan.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..api import PolyVividTraining, SpecError, load_resource
+    from ..memory_plan import plan
+
+    try:
+        spec = load_resource(args.spec, PolyVividTraining).spec
+    except SpecError as e:
+        raise UsageError(f"{args.spec}: {e}") from None
+    rows = plan(spec, args.gpu_memory)
+    if args.json:
+        for row in rows:
+            print(json.dumps(asdict(row)))
+    else:
+        world = spec.resources.world_size
+        print(f"{spec.parallelism} over {world} GPU{'s' * (world > 1)}, {rows[0].gpu_memory_gib:g} GiB each; "
+              f"GiB per GPU:")
+        table = [[str(getattr(row, c)) if c != "fits" else ("yes" if row.fits else "NO") for c in COLUMNS]
+                 for row in rows]
+        headers = [c.removesuffix("_gib") for c in COLUMNS]
+        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+        for line in [headers, *table]:
+            print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    return 0 if all(row.fits for row in rows) else 1
