@@ -56,6 +56,7 @@ class ParameterCounts:
     interaction_copy: int  # the interaction block's frozen copy of a double block
     own: dict[str, int]  # PolyVivid's own, by trainable group
     largest_unit: int  # the largest FSDP unit: a double block with its injection module
+    root_unit: int  # what FSDP2's root unit holds (embedders, token refiner, final layer): kept gathered
 
     @property
     def own_total(self) -> int:
@@ -103,7 +104,8 @@ def parameter_counts(config: dict) -> ParameterCounts:
         own["identity_injection"] = layers * per_injection
     elif injection == "token_concat":
         own["lora_blocks"] += layers * 3 * _lora(d, d, rank)
-    return ParameterCounts(base, interaction_copy, own, double + per_injection)
+    root = base - layers * double - singles * single
+    return ParameterCounts(base, interaction_copy, own, double + per_injection, root)
 
 
 def video_tokens(frames: int, height: int, width: int, config: dict) -> int:
@@ -122,7 +124,7 @@ class Setup:
     activation_checkpointing: bool = True
     compute_bytes: int = 2  # bf16; 4 on CPU (fp32)
     encoder_params: int = 0  # frozen encoders held on the GPU (0 once inputs are precomputed)
-    context_parallel: int = 1  # the sequence split over this many GPUs (Ulysses)
+    samples_per_rank: int = 1  # micro-batches accumulated per optimizer step
     reserved_gib: float = RESERVED_GIB
     subject_tokens: int = 576  # <image> tokens a subject adds to the fused prompt (LLaVA's vision grid)
 
@@ -161,19 +163,20 @@ def activation_bytes(config: dict, video: int, text: int, checkpointing: bool, e
 
 
 def estimate(setup: Setup, video: int, text: int) -> Estimate:
-    """One GPU's memory for a sample of `video` and `text` tokens (the sequence is split over context_parallel)."""
+    """One GPU's memory for a sample of `video` and `text` tokens."""
     counts = parameter_counts(setup.config)
     trainable = sum(n for group, n in counts.own.items() if group in setup.trainable)
     frozen = counts.base + counts.interaction_copy
-    shards = setup.data_parallel * setup.context_parallel if setup.parallelism == "fsdp" else 1
-    activations = activation_bytes(setup.config, math.ceil(video / setup.context_parallel),
-                                   math.ceil(text / setup.context_parallel), setup.activation_checkpointing,
-                                   setup.compute_bytes)
+    shards = setup.data_parallel if setup.parallelism == "fsdp" else 1
+    # FSDP2 keeps gradients unsharded (fp32) while it accumulates micro-batches without syncing
+    grad_shards = shards if setup.samples_per_rank == 1 else 1
+    activations = activation_bytes(setup.config, video, text, setup.activation_checkpointing, setup.compute_bytes)
     return Estimate(
         params=(frozen * setup.compute_bytes + counts.own_total * 4) / shards,
-        grads=trainable * 4 / shards,
+        grads=trainable * 4 / grad_shards,
         optimizer=2 * trainable * 4 / shards,
-        gathered=2 * counts.largest_unit * setup.compute_bytes if shards > 1 else 0.0,
+        # the block being computed and the one prefetched, and the root unit, which stays gathered
+        gathered=(2 * counts.largest_unit + counts.root_unit) * setup.compute_bytes if shards > 1 else 0.0,
         encoders=setup.encoder_params * setup.compute_bytes,
         activations=activations,
         reserved=setup.reserved_gib * GIB,
@@ -206,9 +209,11 @@ def setup_for(spec: TrainingSpec, on_gpu: bool = True) -> Setup:
                   lora_alpha=spec.lora.alpha)
     bf16 = spec.precision == "bf16" and on_gpu
     vision = get_preset(preset).llava_vision
-    return Setup(config=config, trainable=tuple(spec.trainable), data_parallel=spec.resources.world_size,
+    world = spec.resources.world_size
+    return Setup(config=config, trainable=tuple(spec.trainable), data_parallel=world,
                  parallelism=spec.parallelism, activation_checkpointing=spec.activation_checkpointing,
                  compute_bytes=2 if bf16 else 4, encoder_params=sum(ENCODER_PARAMS[preset].values()),
+                 samples_per_rank=max(spec.global_batch_size // world, 1),
                  subject_tokens=(vision["image_size"] // vision["patch_size"]) ** 2)
 
 

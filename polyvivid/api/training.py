@@ -129,7 +129,8 @@ class DataLoaderSpec(ApiModel):
     """Each rank's sample loading: worker processes read, decode and scale the samples of the coming steps
     while the GPU trains on the current one."""
     workers: int = Field(2, ge=0, le=64, description="loader processes per rank; 0 loads in the training process")
-    prefetch_steps: int = Field(2, ge=1, le=64, description="steps of samples each worker keeps ready")
+    prefetch_steps: int = Field(1, ge=1, le=64, description="steps of samples each worker keeps ready (in shared "
+                                "memory: one 129x544x960 sample is 0.19 GiB)")
 
 
 class ResourcesSpec(ApiModel):

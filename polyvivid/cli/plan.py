@@ -49,6 +49,9 @@ def run(args) -> int:
         spec = load_resource(args.spec, PolyVividTraining).spec
     except SpecError as e:
         raise UsageError(f"{args.spec}: {e}") from None
+    if spec.resources.gpus_per_node == 0:
+        print("CPU training (resources.gpusPerNode 0): host memory is not planned")
+        return 0
     rows = plan(spec, args.gpu_memory)
     if args.json:
         for row in rows:

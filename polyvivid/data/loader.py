@@ -11,6 +11,7 @@ readable one in the view takes its place.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import signal
@@ -165,6 +166,11 @@ class SubjectVideoDataset:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __copy__(self) -> SubjectVideoDataset:  # a view (select): shares the store and the rest
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        return view
+
     def __getstate__(self) -> dict:  # to a loader worker: without the store's client
         return {k: v for k, v in self.__dict__.items() if k != "store"}
 
@@ -217,7 +223,7 @@ class SubjectVideoDataset:
             raise SampleError(str(e)) from None
         except ImageRejected as e:
             raise SampleError(f"unreadable subject image: {e}") from None
-        video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # [3, F, H, W]
+        video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0).contiguous()  # [3, F, H, W]
         return TrainSample(record.id, video, compose_caption(record, generator), subjects)
 
     def get(self, position: int, seed: int, frames: int, height: int, width: int, max_subjects: int,
@@ -226,7 +232,9 @@ class SubjectVideoDataset:
         if not self.indices:
             raise SampleError(f"{self.uri}: no sample to read")
         slot = self._slot_at(position, seed)
-        for attempt in range(len(self.indices)):
+        start = generator.get_state()  # every attempt draws as the first would: a process that already knows a
+        for attempt in range(len(self.indices)):  # sample is bad reads the same stand-in as one that finds out
+            generator.set_state(start)
             index = self.indices[(slot + attempt) % len(self.indices)]
             if index in self._bad:
                 continue
@@ -280,7 +288,9 @@ class StepRequest:
 @dataclass
 class LoadedStep:
     step: int
-    samples: list[tuple[TrainSample, torch.Tensor]]  # each sample and its generator's state after loading
+    # each sample, its video as uint8 (a quarter of float32's bytes in the workers' shared memory: unpack()
+    # restores it exactly), and its generator's state after loading
+    samples: list[tuple[TrainSample, torch.Tensor]]
     skipped: list[tuple[int, str]]  # samples newly skipped while loading (dataset index, reason)
     error: str | None = None  # a SampleError that ends the run
 
@@ -311,20 +321,28 @@ class StepLoader(torch.utils.data.IterableDataset):
                                       request.max_subjects, generator)
                     samples.append((sample, generator.get_state()))
             except SampleError as e:
-                yield LoadedStep(request.step, [], [], error=str(e))
+                yield LoadedStep(request.step, [], sorted(view._counted - counted), error=str(e))
                 return
             new = sorted(view._counted - counted)
             counted |= set(new)
-            yield LoadedStep(request.step, samples, new)
+            yield LoadedStep(request.step, [(pack(sample), state) for sample, state in samples], new)
 
 
-def _as_is(step: LoadedStep) -> LoadedStep:
-    return step
+def pack(sample: TrainSample) -> TrainSample:
+    """The sample with its video as uint8 [3, F, H, W] (the decoded pixels), for the trip out of a worker."""
+    return dataclasses.replace(sample, video=sample.video.add(1.0).mul_(127.5).round_().to(torch.uint8))
+
+
+def unpack(sample: TrainSample) -> TrainSample:
+    """pack's inverse, exactly: the float video in [-1, 1] that load() made."""
+    return dataclasses.replace(sample, video=sample.video.float().div_(127.5).sub_(1.0))
 
 
 def _die_with_rank(worker_id: int) -> None:
     # DataLoader's own watchdog left a dead rank's workers running for minutes, holding its output open
-    die_with_parent(signal.SIGKILL)
+    import multiprocessing
+
+    die_with_parent(signal.SIGKILL, parent=multiprocessing.parent_process().pid)
 
 
 def step_batches(loader: StepLoader, workers: int, prefetch_steps: int):
@@ -336,5 +354,6 @@ def step_batches(loader: StepLoader, workers: int, prefetch_steps: int):
     if workers == 0:
         return iter(loader)
     return iter(torch.utils.data.DataLoader(loader, batch_size=None, num_workers=workers,
-                                            prefetch_factor=prefetch_steps, collate_fn=_as_is,
-                                            worker_init_fn=_die_with_rank, multiprocessing_context="spawn"))
+                                            prefetch_factor=prefetch_steps, worker_init_fn=_die_with_rank,
+                                            multiprocessing_context="spawn",
+                                            generator=torch.Generator()))  # not the rank's global RNG

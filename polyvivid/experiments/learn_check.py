@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic training clips")
     parser.add_argument("--seed", type=int, default=0,
                         help="data seed: the training clips, held-out cases and initialisations")
+    parser.add_argument("--threads", type=_at_least(1), default=LearnCheckConfig.threads,
+                        help="torch threads (1 when several checks share the cores: the toy model is overhead-bound)")
     parser.add_argument("--latent-channels", type=_at_least(1), default=LearnCheckConfig.latent_channels,
                         help="the VAE's latent channels; the transformer's in/out channels follow (the tiny "
                              "preset has 16)")
@@ -519,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = LearnCheckConfig(base_steps=args.base_steps, base_captions=args.base_captions, steps=args.steps,
                            vae_steps=args.vae_steps, cases=args.cases, train_clips=args.train_clips, seed=args.seed,
-                           latent_channels=args.latent_channels)
+                           latent_channels=args.latent_channels, threads=args.threads)
     report = run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True), videos_dir=args.videos, keep_dir=args.keep)
     print(format_report(report))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -46,16 +46,23 @@ class StoredTensor:
 
 def read_header(path: Path) -> dict[str, StoredTensor]:
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
+        try:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        except (struct.error, ValueError) as e:
+            raise ValueError(f"{path.name}: not a safetensors header ({type(e).__name__}): a damaged file") from None
     tensors = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         if entry["dtype"] not in DTYPES:
             raise ValueError(f"{path.name}: {name} has dtype {entry['dtype']}, which PolyVivid does not read")
-        tensors[name] = StoredTensor(path, DTYPES[entry["dtype"]], tuple(entry["shape"]),
-                                     8 + length + entry["data_offsets"][0])
+        stored = StoredTensor(path, DTYPES[entry["dtype"]], tuple(entry["shape"]), 8 + length + entry["data_offsets"][0])
+        begin, end = entry["data_offsets"]
+        if end - begin != math.prod(stored.shape) * torch.empty((), dtype=stored.dtype).element_size():
+            raise ValueError(f"{path.name}: {name}'s header gives {end - begin} bytes for {list(stored.shape)} "
+                             f"{entry['dtype']}: a damaged file")
+        tensors[name] = stored
     return tensors
 
 
@@ -65,7 +72,8 @@ class SafetensorsDir:
 
     def __init__(self, directory: str | Path):
         directory = Path(directory)
-        indexes = sorted(directory.glob("*.safetensors.index.json"))
+        # the plain index, not a variant's (diffusion_pytorch_model.fp16.safetensors.index.json)
+        indexes = sorted(directory.glob("*.safetensors.index.json"), key=lambda p: (p.name.count("."), p.name))
         if indexes:
             files = sorted({directory / f for f in json.loads(indexes[0].read_text())["weight_map"].values()})
         else:
@@ -76,7 +84,7 @@ class SafetensorsDir:
         self.tensors: dict[str, StoredTensor] = {}
         for path in files:
             if not path.is_file():
-                raise FileNotFoundError(f"{indexes[0].name} names {path.name}, which is not in {directory}")
+                raise FileNotFoundError(f"{path.name} is not a readable file in {directory}")
             for name, stored in read_header(path).items():
                 if name in self.tensors:
                     raise ValueError(f"{name} is in both {self.tensors[name].path.name} and {path.name}")
@@ -98,8 +106,12 @@ class SafetensorsDir:
         with open(stored.path, "rb", buffering=0) as f:
             f.seek(stored.offset + first_row * stored.row_bytes)
             view = memoryview(target.reshape(-1).view(torch.uint8).numpy())
-            if f.readinto(view) != len(view):
-                raise ValueError(f"{stored.path.name} is truncated: {name} ends past the end of the file")
+            done = 0
+            while done < len(view):  # a read returns at most 2 GiB, and a network filesystem may return less
+                got = f.readinto(view[done:])
+                if not got:
+                    raise ValueError(f"{stored.path.name} is truncated: {name} ends past the end of the file")
+                done += got
         if not direct:
             out.copy_(target)
 

@@ -267,9 +267,8 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
 
         source = SafetensorsDir(base_dir)
         model = cls.build_on_meta(base_dir, **polyvivid_config)
-        own_dtype = torch_dtype if torch_dtype.is_floating_point else torch.float32
         nn.Module.to(model, dtype=torch_dtype)  # nn.Module's: diffusers' `to` warns about casts meta has no use for
-        own = model.materialize_polyvivid_parameters(own_dtype)
+        own = model.materialize_polyvivid_parameters(torch_dtype)
         materialize(model, "cpu", keep=own)
         sources = model.base_weight_sources()
         unknown = sorted(set(source.tensors) - set(sources.values()))

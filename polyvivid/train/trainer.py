@@ -31,6 +31,7 @@ import torch
 from ..api.training import Stage, TrainingSpec
 from ..data.loader import (
     SampleError, StepLoader, StepRequest, SubjectVideoDataset, TrainSample, describe_subjects, stage_view, step_batches,
+    unpack,
 )
 from ..storage import ArtifactStore, StorageError, open_store, with_retries
 from .checkpoint import CheckpointError, Checkpoints
@@ -113,10 +114,13 @@ def build_transformer(spec: TrainingSpec, env: DistEnv, frozen_dtype: torch.dtyp
     if spec.activation_checkpointing:
         transformer.enable_gradient_checkpointing()
     sharded = spec.parallelism == "fsdp" and env.distributed
-    model = parallelize(transformer, spec.parallelism, env, frozen_dtype) if sharded else None
+    if sharded:  # FSDP2 shards the meta model: each rank then allocates and reads only its own rows
+        model = parallelize(transformer, spec.parallelism, env, frozen_dtype)
     materialize(transformer, env.device, keep=own)
     load_weights(transformer, source, transformer.base_weight_sources())
-    return transformer, model or parallelize(transformer, spec.parallelism, env, frozen_dtype)
+    if not sharded:
+        model = parallelize(transformer, spec.parallelism, env, frozen_dtype)
+    return transformer, model
 
 
 def encode_sample(pipe, sample: TrainSample, generator: torch.Generator,
@@ -327,13 +331,15 @@ class Trainer:
     def batch(self, plan: StepPlan) -> Iterator[MicroBatch]:
         """This rank's share of the step's global batch, loaded ahead by the loader workers, one encoded sample
         at a time (encoded as the step asks for it: one sample's activations in memory at once)."""
-        loaded = next(self.loaded)
-        if loaded.error:
-            raise SampleError(loaded.error)
-        assert loaded.step == plan.step, (loaded.step, plan.step)
+        loaded = next(self.loaded, None)
+        if loaded is None or loaded.step != plan.step:  # a loader that lost its place: never train on other data
+            raise TrainingError(f"the data loader gave step {loaded and loaded.step}, not step {plan.step}")
         for index, reason in loaded.skipped:  # skipped in a worker: counted here, for progress.json
             self.dataset._skip(index, reason)
+        if loaded.error:
+            raise SampleError(loaded.error)
         for sample, state in loaded.samples:
+            sample = unpack(sample)
             generator = torch.Generator()
             generator.set_state(state)  # where loading left it: the latents and noise are drawn next
             x0, cond = encode_sample(self.pipe, sample, generator, self.env.device)
@@ -404,10 +410,12 @@ class Trainer:
             if done % spec.progress_interval == 0 or stop or done == spec.total_steps:
                 self.reporter.write(status="preempted" if stop else "running", last_checkpoint=self.last_checkpoint)
             if stop:
+                self.loaded = None  # the loader workers stop
                 log.info("SIGTERM: checkpoint %s saved at step %d; exiting for a restart", self.last_checkpoint, done)
                 self.close()
                 _leave_process_group(self.env)
                 return EXIT_PREEMPTED
+        self.loaded = None  # the loader workers stop before export and evaluation
         self.finish()
         return 0
 

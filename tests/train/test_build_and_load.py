@@ -57,6 +57,21 @@ def test_weights_stream_from_an_index_of_several_files_and_cast_on_the_way(base,
     assert as_bf16.state_dict()[name].dtype == torch.bfloat16 and as_fp32.state_dict()[name].dtype == torch.float32
     assert torch.equal(as_bf16.state_dict()[name].float(), as_fp32.state_dict()[name])
 
+    # A header whose byte range does not match its shape is a damaged file.
+    import struct
+
+    (path,) = (tmp_path / "bf16").glob("*.safetensors")
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    name = next(k for k in header if k != "__metadata__" and header[k]["shape"] and header[k]["shape"][0] > 1)
+    header[name]["shape"] = [header[name]["shape"][0] - 1, *header[name]["shape"][1:]]  # no longer: still fits
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(length)
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / path.name).write_bytes(data[:8] + text + data[8 + length:])
+    with pytest.raises(ValueError, match="header gives .* a damaged file"):
+        SafetensorsDir(tmp_path / "damaged")
+
     # A file cut short is named, not read as zeros.
     (path,) = (tmp_path / "bf16").glob("*.safetensors")
     path.write_bytes(path.read_bytes()[:-1000])

@@ -173,6 +173,26 @@ def test_clips_shorter_than_the_window_are_dropped_and_counted_never_stretched(t
     assert low_res_reads == {ds.samples[i].id for i in (0, 3, 6, 9)}  # long enough for 5 frames
 
 
+def test_a_broken_sample_is_replaced_the_same_way_whether_it_is_known_or_found_out(tmp_path):
+    """Its frames are drawn before its subject image fails: the stand-in must not depend on that draw, or a
+    loader worker (or a resumed run) that already knows the sample is bad would read other data."""
+    def change(records):
+        records[3].subjects[0].image = "subjects/missing.png"
+        return records
+
+    ds = dataset(tmp_path, change)
+    view = stage_view(ds, stage("identity"), 5)[0]
+    assert view.store is ds.store  # a view shares its dataset's store
+    position = next(p for p in range(8) if view.index_at(p, seed=5) == 3)
+    reads = []
+    for _ in range(2):  # finds out, then knows
+        generator = torch.Generator().manual_seed(11)
+        sample = view.get(position, 5, 5, 32, 32, 1, generator)
+        reads.append((sample.id, sample.video, sample.caption, generator.get_state()))
+    assert 3 in view._bad and reads[0][0] != ds.samples[3].id
+    assert reads[0][0] == reads[1][0] and torch.equal(reads[0][1], reads[1][1]) and torch.equal(reads[0][3], reads[1][3])
+
+
 # ----------------------------------------------------------------------------------------------- loader workers
 def test_loader_workers_read_what_the_training_process_would_in_step_order(tmp_path):
     def change(records):
