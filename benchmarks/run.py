@@ -158,7 +158,9 @@ def train_step(args) -> dict:
     """Samples/s of a training step (forward, backward, AdamW) on pre-encoded inputs:
     PolyVivid (its own parameters trainable) vs a plain LoRA fine-tune of the base transformer (LoRA
     on every attention projection, text conditioning only), same shape and LoRA rank; then whole
-    `polyvivid train` runs (data loading and frozen encoders included) with 1 and 2 processes."""
+    `polyvivid train` runs (data loading and frozen encoders included) with 1 and 2 processes, and one process
+    on precomputed inputs (spec.precompute: the steps read latents and embeddings; the precompute phase before
+    them is not in the figure) against the same run on raw clips."""
     from diffusers import HunyuanVideoTransformer3DModel
     from peft import LoraConfig
 
@@ -201,6 +203,7 @@ def train_step(args) -> dict:
     samples_per_s = {k: 1.0 / statistics.median(v) for k, v in times.items()}
 
     processes = {nproc: _train_run_samples_per_s(nproc) for nproc in (1, 2)}
+    precomputed = _train_run_samples_per_s(1, precompute=True)
     return {
         "name": "train_step",
         "device": f"cpu x{torch.get_num_threads()}",
@@ -210,11 +213,14 @@ def train_step(args) -> dict:
         "ratio": {"polyvivid/lora_finetune": round(samples_per_s["polyvivid"] / samples_per_s["lora_finetune"], 3)},
         "train_run_samples_per_s": {f"{k}_process": v for k, v in processes.items()},
         "scaling_2_vs_1": round(processes[2] / processes[1], 3) if processes[1] else None,
+        "raw_vs_precomputed_samples_per_s": {"raw": processes[1], "precomputed": precomputed},
+        "ratio_precomputed/raw": round(precomputed / processes[1], 3),
     }
 
 
-def _train_run_samples_per_s(nproc: int) -> float:
-    """Median samples/s over the steps of a short tiny `polyvivid train` (first step excluded)."""
+def _train_run_samples_per_s(nproc: int, precompute: bool = False) -> float:
+    """Median samples/s over the steps of a short tiny `polyvivid train` (first step excluded), on raw clips or
+    on precomputed inputs."""
     import os
     import re
     import subprocess
@@ -235,7 +241,7 @@ def _train_run_samples_per_s(nproc: int) -> float:
                                  "resolution": res}],
                      "globalBatchSize": 4, "precision": "fp32", "parallelism": "ddp", "activationCheckpointing": False,
                      "checkpointInterval": 100, "progressInterval": 1, "metricsPort": 0,
-                     "lora": {"rank": 4, "alpha": 4}}}
+                     "lora": {"rank": 4, "alpha": 4}, **({"precompute": {}} if precompute else {})}}
     (work / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-m", "polyvivid.cli", "train", str(work / "spec.yaml"), "--local",

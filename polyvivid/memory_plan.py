@@ -14,7 +14,8 @@ An analytic model, torch-free so that the operator can run it:
   units of the hidden width D per token, measured on the real modules (tests check the constants with
   saved-tensor hooks): with activation checkpointing each block keeps its inputs, and the backward
   recomputes one block at a time, whose own activations are the recompute peak. One sample at a time.
-- Until inputs are precomputed the frozen encoders (LLaVA, CLIP, the VAE) sit on every GPU, in the compute dtype.
+- Reading raw clips, the frozen encoders (LLaVA, CLIP, the VAE) sit on every GPU, in the compute dtype; with
+  spec.precompute training never builds them (the precompute phase before it holds only the encoders).
 - RESERVED_GIB covers the CUDA context, NCCL and cuBLAS workspaces and allocator fragmentation.
 The planner is validated against the measured peak of a training step at a small shape on CPU (tests).
 """
@@ -212,7 +213,8 @@ def setup_for(spec: TrainingSpec, on_gpu: bool = True) -> Setup:
     world = spec.resources.world_size
     return Setup(config=config, trainable=tuple(spec.trainable), data_parallel=world,
                  parallelism=spec.parallelism, activation_checkpointing=spec.activation_checkpointing,
-                 compute_bytes=2 if bf16 else 4, encoder_params=sum(ENCODER_PARAMS[preset].values()),
+                 compute_bytes=2 if bf16 else 4,
+                 encoder_params=0 if spec.precompute is not None else sum(ENCODER_PARAMS[preset].values()),
                  samples_per_rank=max(spec.global_batch_size // world, 1),
                  subject_tokens=(vision["image_size"] // vision["patch_size"]) ** 2)
 

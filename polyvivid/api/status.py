@@ -55,6 +55,8 @@ class TrainingProgress(ApiModel):
     progress_updated_at: str | None = Field(None, description="when progress.json was written")
     evaluation: dict[str, Any] | None = Field(None, description="spec.evaluation's means and report, as the "
                                               "workload wrote them")
+    precomputed_inputs: str | None = Field(None, description="where the inputs the training reads were "
+                                           "precomputed (spec.precompute)")
 
 
 class FinalWeights(ApiModel):

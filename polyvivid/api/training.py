@@ -101,12 +101,25 @@ class ModelSource(ApiModel):
 class DatasetSource(ApiModel):
     uri: str | None = Field(None, description="URI of a dataset (its manifest.jsonl)")
     curation_job: str | None = Field(None, description="name of a CurationJob whose output to use")
+    frame_windows: int = Field(4, ge=0, le=64, description="where a sample's frames may start in its clip: one of "
+                               "N evenly spaced starts, first and last included; 0: anywhere (not with precompute, "
+                               "which encodes every window)")
 
     @model_validator(mode="after")
     def _one(self):
         if (self.uri is None) == (self.curation_job is None):
             raise ValueError("give exactly one of uri or curationJob")
         return self
+
+
+class PrecomputeSpec(ApiModel):
+    """Encode every input training reads once, before the first step, in the training job's own pods: the
+    clips' VAE latents (every frame window at every stage size, VAE tiling on), LLaVA's z_T with each
+    subject's token spans and CLIP's pooled embedding for every caption variant, the subjects' latents.
+    Training then reads them and never loads LLaVA, CLIP or the VAE. Resumable and idempotent: a restart
+    encodes only what is missing, and a finished configuration is reused."""
+    output: str | None = Field(None, description="URI under which the encodings go, in a directory per "
+                               "configuration (default OUTPUT/precomputed; share one between runs to reuse them)")
 
 
 class LoraSpec(ApiModel):
@@ -226,12 +239,22 @@ class TrainingSpec(ApiModel):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     evaluation: EvaluationSpec | None = Field(None, description="score the final weights on a test set")
+    precompute: PrecomputeSpec | None = Field(None, description="encode the inputs once before training "
+                                              "(`precompute: {}` for the defaults); without it every step encodes "
+                                              "its samples with the frozen encoders on every GPU")
 
     @model_validator(mode="after")
     def _stage_names_unique(self):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _windows_for_precompute(self):
+        if self.precompute is not None and self.dataset.frame_windows == 0:
+            raise ValueError("precompute encodes every frame window a sample can read: it needs "
+                             "dataset.frameWindows >= 1 (0 lets a window start anywhere)")
         return self
 
     @property

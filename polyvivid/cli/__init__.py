@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import (crds, curate, eval, eval_cases, generate, plan, render, request, sample_subjects, serve,
-               synth_data, train)
+from . import (crds, curate, eval, eval_cases, generate, plan, precompute, render, request, sample_subjects,
+               serve, synth_data, train)
 from .options import Parser, UsageError
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
@@ -20,7 +20,7 @@ __all__ = ["COMMANDS", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "ma
 EXIT_USAGE = 2
 
 # The commands, in the order `polyvivid --help` lists them.
-COMMANDS = (generate, train, plan, curate, synth_data, serve, request, crds, render, eval, eval_cases, sample_subjects)
+COMMANDS = (generate, train, precompute, plan, curate, synth_data, serve, request, crds, render, eval, eval_cases, sample_subjects)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,19 +56,27 @@ def _forwarded(args) -> list[str]:
     return extra
 
 
-def run(args) -> int:
+def run(args, precompute_only: bool = False) -> int:
     if args.nproc > 1 and not args.local:
         raise UsageError("--nproc N needs --local (under torchrun, torchrun sets the processes)")
     spec = _load_training(args)
+    if precompute_only and spec.precompute is None:  # the defaults (api.training.PrecomputeSpec)
+        from ..api.training import PrecomputeSpec
+
+        if spec.dataset.frame_windows == 0:
+            raise UsageError(f"{args.spec}: precompute encodes every frame window a sample can read: it needs "
+                             "spec.dataset.frameWindows >= 1")
+        spec = spec.model_copy(update={"precompute": PrecomputeSpec()})
     if args.local and args.nproc > 1:
         from ..train.launcher import launch
 
-        return launch([args.spec, *_forwarded(args)], args.nproc)
+        return launch([args.spec, *_forwarded(args)], args.nproc, "precompute" if precompute_only else "train")
     from ..data.loader import SampleError
     from ..storage import StorageError
     from ..train.trainer import TrainingError, train
 
     try:
-        return train(spec, args.output, args.metrics_addr)
+        return train(spec, args.output, args.metrics_addr, precompute_only)
     except (TrainingError, SampleError, StorageError) as e:
         raise UsageError(str(e)) from None
+

@@ -10,6 +10,7 @@ readable one in the view takes its place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -28,6 +29,7 @@ from ..model.request import word_in_prompt
 from ..processes import die_with_parent
 from ..storage import ArtifactStore, StorageError, open_store
 from .dataset import SampleRecord, read_manifest
+from .precomputed import EncodedSample, PrecomputedReader
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class TrainSample:
     subjects: list[tuple[str, Image.Image]]
 
 
+def clip_tensor(clip: np.ndarray) -> torch.Tensor:
+    """Decoded frames [F, H, W, 3] uint8 as the VAE takes them: [3, F, H, W] in [-1, 1]."""
+    return torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+
+
 def cover_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
     """(h', w'): the frame scaled, aspect kept, to the smallest size that covers height x width."""
     scale = max(height / h, width / w)
@@ -56,46 +63,98 @@ def cover_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
 
 
 def decode_window(source: bytes | str, frames: int, height: int, width: int, generator: torch.Generator,
-                  num_frames: int | None = None) -> np.ndarray:
+                  num_frames: int | None = None, windows: int = 0) -> np.ndarray:
     """`frames` contiguous frames (pick_frames, from `generator`) of an mp4 (bytes, or a local path, which
     is streamed) at height x width, [F, H, W, 3] uint8: FFmpeg's swscale scales each frame as it is decoded
     (area filter) to cover the target, and the centre is cut out. Frames before the window are decoded but
     not converted; decoding stops at its end. num_frames: the clip's length when known (the manifest's),
-    else the container's count."""
+    else the container's count. windows: see window_starts."""
+    with _open_clip(source, num_frames) as (container, stream, total):
+        start = int(pick_frames(total, frames, generator, windows)[0])
+        return _decode_scaled(container, stream, start, frames, height, width)
+
+
+def decode_windows(source: bytes | str, frames: int, height: int, width: int, windows: int,
+                   num_frames: int | None = None) -> tuple[list[int], np.ndarray]:
+    """Every window decode_window can pick (window_starts): (their starts, the frames from the first start
+    to the last window's end [N, H, W, 3], window k being frames[starts[k] - starts[0]:][:frames]). One decode
+    for all of them; what precompute encodes."""
+    with _open_clip(source, num_frames) as (container, stream, total):
+        if total < frames:
+            raise SampleError(f"{SHORT_CLIP}: {total} frames, {frames} wanted")
+        starts = window_starts(total, frames, windows)
+        return starts, _decode_scaled(container, stream, starts[0], starts[-1] - starts[0] + frames, height, width)
+
+
+@contextlib.contextmanager
+def _open_clip(source: bytes | str, num_frames: int | None):
+    """(container, its video stream, its frame count) of an mp4; opening errors become SampleError."""
     import av
 
     try:
-        with av.open(source if isinstance(source, str) else io.BytesIO(source)) as container:
+        container = av.open(source if isinstance(source, str) else io.BytesIO(source))
+    except (av.error.FFmpegError, ValueError) as e:
+        raise SampleError(f"undecodable video ({type(e).__name__})") from None
+    with container:
+        try:
             stream = container.streams.video[0]
             total = num_frames or stream.frames
             if not total:  # no count anywhere: count by decoding, then start again
                 total = sum(1 for _ in container.decode(stream))
                 container.seek(0)
-            window = pick_frames(total, frames, generator)
-            out = []
-            for index, frame in enumerate(container.decode(stream)):
-                if index < window[0]:
-                    continue
-                h, w = cover_size(frame.height, frame.width, height, width)
-                out.append(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA"))
-                if len(out) == frames:
-                    break
+        except (av.error.FFmpegError, ValueError, IndexError) as e:
+            raise SampleError(f"undecodable video ({type(e).__name__})") from None
+        yield container, stream, total
+
+
+def _decode_scaled(container, stream, start: int, count: int, height: int, width: int) -> np.ndarray:
+    """Frames start..start+count-1 scaled as decoded to cover height x width, centre-cut: [count, H, W, 3]."""
+    import av
+
+    out = []
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            if index < start:
+                continue
+            h, w = cover_size(frame.height, frame.width, height, width)
+            out.append(frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA"))
+            if len(out) == count:
+                break
     except (av.error.FFmpegError, ValueError, IndexError) as e:
         raise SampleError(f"undecodable video ({type(e).__name__})") from None
-    if len(out) < frames:  # the container or the manifest promised more frames than there are
-        raise SampleError(f"{SHORT_CLIP}: {window[0] + len(out)} frames, {frames} wanted")
+    if len(out) < count:  # the container or the manifest promised more frames than there are
+        raise SampleError(f"{SHORT_CLIP}: {start + len(out)} frames, {start + count} wanted")
     video = np.stack(out)
     top, left = (video.shape[1] - height) // 2, (video.shape[2] - width) // 2
     return video[:, top:top + height, left:left + width]
 
 
-def pick_frames(total: int, wanted: int, generator: torch.Generator) -> np.ndarray:
-    """A contiguous window of `wanted` frames at a random start. Frames are never repeated (that would
-    be slow motion the clip never had), so a clip shorter than the window cannot be used."""
+def window_starts(total: int, wanted: int, windows: int = 0) -> list[int]:
+    """Where a window of `wanted` frames may start in a clip of `total`: anywhere (windows 0), or at one of
+    `windows` evenly spaced starts, first and last included (fewer when the clip has fewer). A finite set is
+    what lets precompute encode every window training can pick (dataset.frameWindows)."""
+    last = total - wanted
+    if windows == 0 or last + 1 <= windows:
+        return list(range(last + 1))
+    if windows == 1:
+        return [0]
+    return sorted({round(i * last / (windows - 1)) for i in range(windows)})
+
+
+def pick_frames(total: int, wanted: int, generator: torch.Generator, windows: int = 0) -> np.ndarray:
+    """A contiguous window of `wanted` frames at a random one of window_starts (one draw from `generator`).
+    Frames are never repeated (that would be slow motion the clip never had), so a clip shorter than the
+    window cannot be used."""
     if total < wanted:
         raise SampleError(f"{SHORT_CLIP}: {total} frames, {wanted} wanted")
-    start = int(torch.randint(0, total - wanted + 1, (1,), generator=generator))
+    starts = window_starts(total, wanted, windows)
+    start = starts[pick_window(len(starts), generator)]
     return np.arange(start, start + wanted)
+
+
+def pick_window(count: int, generator: torch.Generator) -> int:
+    """Which of `count` windows a sample reads: the one draw raw and precomputed training share."""
+    return int(torch.randint(0, count, (1,), generator=generator))
 
 
 def compose_caption(record: SampleRecord, generator: torch.Generator) -> str:
@@ -112,14 +171,33 @@ def compose_caption(record: SampleRecord, generator: torch.Generator) -> str:
     It always takes four draws from `generator`, whatever the record holds.
     """
     draws = torch.rand(1 + len(CAPTION_EXTRAS), generator=generator).tolist()
-    short = record.short_caption
-    short_names_all = short is not None and all(word_in_prompt(s.word, short) for s in record.subjects)
-    text = short if short_names_all and draws[0] < SHORT_CAPTION_CHANCE else record.caption
-    for field, draw in zip(CAPTION_EXTRAS, draws[1:]):
+    extras = [field for field, draw in zip(CAPTION_EXTRAS, draws[1:]) if draw < EXTRA_SENTENCE_CHANCE]
+    return _caption(record, draws[0] < SHORT_CAPTION_CHANCE, extras)
+
+
+def caption_variants(record: SampleRecord) -> list[str]:
+    """Every caption compose_caption can give this record, each once (what precompute encodes)."""
+    variants = []
+    for short in (False, True):
+        for chosen in range(2 ** len(CAPTION_EXTRAS)):
+            text = _caption(record, short, [f for i, f in enumerate(CAPTION_EXTRAS) if chosen >> i & 1])
+            if text not in variants:
+                variants.append(text)
+    return variants
+
+
+def _caption(record: SampleRecord, short: bool, extras: list[str]) -> str:
+    text = record.short_caption if short and _short_names_all(record) else record.caption
+    for field in CAPTION_EXTRAS:
         extra = getattr(record, field)
-        if extra is not None and draw < EXTRA_SENTENCE_CHANCE:
+        if extra is not None and field in extras:
             text = f"{_end_sentence(text)} {extra[0].upper()}{extra[1:]}"
     return text
+
+
+def _short_names_all(record: SampleRecord) -> bool:
+    short = record.short_caption
+    return short is not None and all(word_in_prompt(s.word, short) for s in record.subjects)
 
 
 def _end_sentence(text: str) -> str:
@@ -144,9 +222,12 @@ class SubjectVideoDataset:
     """The samples of a manifest, or a view of some of them (select). Views share the store, the
     records and the skip counts; each has its own order and its own known-bad samples."""
 
-    def __init__(self, uri: str, store: ArtifactStore | None = None):
+    def __init__(self, uri: str, store: ArtifactStore | None = None, frame_windows: int = 0):
         self.uri = uri
         self.store = store or open_store(uri)
+        self.frame_windows = frame_windows  # window_starts: where a sample's frames may start
+        # set, samples are read from what precompute encoded (EncodedSample) instead of decoded (TrainSample)
+        self.precomputed: PrecomputedReader | None = None
         try:
             self.samples, rejected = read_manifest(self.store)
         except StorageError as e:
@@ -214,20 +295,30 @@ class SubjectVideoDataset:
         shown (a stage's view never holds such a sample)."""
         if len(record.subjects) > max_subjects:
             raise SampleError(f"more subjects than maxSubjects: {len(record.subjects)}, at most {max_subjects}")
+        clip = decode_window(self.video_source(record), frames, height, width, generator, record.num_frames,
+                             self.frame_windows)
+        subjects = self.subject_images(record)
+        return TrainSample(record.id, clip_tensor(clip), compose_caption(record, generator), subjects)
+
+    def video_source(self, record: SampleRecord) -> str | bytes:
+        """The clip as decode_window reads it: a local path (streamed), else its bytes."""
+        local = self.store.local_path(record.video)
         try:
-            local = self.store.local_path(record.video)
-            source = str(local) if local is not None and local.is_file() else self.store.read_bytes(record.video)
-            clip = decode_window(source, frames, height, width, generator, record.num_frames)
-            subjects = [(s.word, read_image(self.store.read_bytes(s.image))[0]) for s in record.subjects]
+            return str(local) if local is not None and local.is_file() else self.store.read_bytes(record.video)
+        except StorageError as e:
+            raise SampleError(str(e)) from None
+
+    def subject_images(self, record: SampleRecord) -> list[tuple[str, Image.Image]]:
+        """(word, image) of each of the sample's subjects."""
+        try:
+            return [(s.word, read_image(self.store.read_bytes(s.image))[0]) for s in record.subjects]
         except StorageError as e:
             raise SampleError(str(e)) from None
         except ImageRejected as e:
             raise SampleError(f"unreadable subject image: {e}") from None
-        video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0).contiguous()  # [3, F, H, W]
-        return TrainSample(record.id, video, compose_caption(record, generator), subjects)
 
     def get(self, position: int, seed: int, frames: int, height: int, width: int, max_subjects: int,
-            generator: torch.Generator) -> TrainSample:
+            generator: torch.Generator) -> TrainSample | EncodedSample:
         """The sample at `position`, or the next readable one of the view after it if it is broken."""
         if not self.indices:
             raise SampleError(f"{self.uri}: no sample to read")
@@ -240,6 +331,8 @@ class SubjectVideoDataset:
                 continue
             record = self.samples[index]
             try:
+                if self.precomputed is not None:
+                    return self.precomputed.read(index, record, frames, height, width, generator)
                 return self.load(record, frames, height, width, max_subjects, generator)
             except SampleError as e:
                 self._bad.add(index)
@@ -328,13 +421,18 @@ class StepLoader(torch.utils.data.IterableDataset):
             yield LoadedStep(request.step, [(pack(sample), state) for sample, state in samples], new)
 
 
-def pack(sample: TrainSample) -> TrainSample:
-    """The sample with its video as uint8 [3, F, H, W] (the decoded pixels), for the trip out of a worker."""
+def pack(sample: TrainSample | EncodedSample) -> TrainSample | EncodedSample:
+    """A decoded sample with its video as uint8 [3, F, H, W] (the decoded pixels), for the trip out of a
+    worker; an encoded one as it is."""
+    if isinstance(sample, EncodedSample):
+        return sample
     return dataclasses.replace(sample, video=sample.video.add(1.0).mul_(127.5).round_().to(torch.uint8))
 
 
-def unpack(sample: TrainSample) -> TrainSample:
+def unpack(sample: TrainSample | EncodedSample) -> TrainSample | EncodedSample:
     """pack's inverse, exactly: the float video in [-1, 1] that load() made."""
+    if isinstance(sample, EncodedSample):
+        return sample
     return dataclasses.replace(sample, video=sample.video.float().div_(127.5).sub_(1.0))
 
 

@@ -224,10 +224,13 @@ class PolyVividPipeline(DiffusionPipeline):
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3, F, H, W]
         return frames.permute(1, 2, 3, 0).cpu().numpy()
 
-    def encode_conditions(self, prompt: str, subjects: list[tuple[str, Image.Image]]) -> dict[str, torch.Tensor]:
-        """The transformer's conditioning inputs for one prompt and its subjects."""
+    def encode_conditions(self, prompt: str, subjects: list[tuple[str, Image.Image]], device: torch.device | None = None,
+                          dtype: torch.dtype | None = None,
+                          subject_latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The transformer's conditioning inputs for one prompt and its subjects, on `device` in `dtype` (default:
+        the transformer's). subject_latents: encode_subjects' result when the caller already has it."""
         cfg = self.transformer.config
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = device or self.transformer.device, dtype or self.transformer.dtype
         fusion = TextImageFusion(self.text_encoder, self.tokenizer, self.image_processor, self.fusion_separator)
         fused = fusion.encode(prompt, subjects, with_images=cfg.use_llava_fusion)
         cond = dict(
@@ -237,7 +240,8 @@ class PolyVividPipeline(DiffusionPipeline):
         )
         if subjects:
             cond.update(
-                subject_latents=self.encode_subjects([img for _, img in subjects]).to(device, dtype),
+                subject_latents=(subject_latents if subject_latents is not None else
+                                 self.encode_subjects([img for _, img in subjects])).to(device, dtype),
                 text_positions=fused.text_positions[None].to(device),
                 subject_positions=fused.subject_positions[None].to(device),
             )

@@ -74,8 +74,9 @@ class _ErrorsOnce:
                 sys.stderr.flush()
 
 
-def launch(worker_args: list[str], nproc: int) -> int:
-    """Run `python -m polyvivid.cli train WORKER_ARGS` as N ranks; returns the exit code for the command."""
+def launch(worker_args: list[str], nproc: int, command: str = "train") -> int:
+    """Run `python -m polyvivid.cli COMMAND WORKER_ARGS` (train or precompute) as N ranks; returns the exit code
+    for the command."""
     import torch.distributed as dist
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -87,7 +88,7 @@ def launch(worker_args: list[str], nproc: int) -> int:
     errors = _ErrorsOnce()
     workers, pumps = [], []
     for rank in range(nproc):
-        proc = subprocess.Popen([sys.executable, "-m", "polyvivid.cli", "train", *worker_args],
+        proc = subprocess.Popen([sys.executable, "-m", "polyvivid.cli", command, *worker_args],
                                 env=worker_env(rank, nproc, port), stderr=subprocess.PIPE, text=True,
                                 preexec_fn=_die_with_parent)
         pumps.append(threading.Thread(target=errors.pump, args=(proc.stderr,), daemon=True))

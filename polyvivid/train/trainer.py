@@ -33,6 +33,7 @@ from ..data.loader import (
     SampleError, StepLoader, StepRequest, SubjectVideoDataset, TrainSample, describe_subjects, stage_view, step_batches,
     unpack,
 )
+from ..data.precomputed import EncodedSample, PrecomputedReader
 from ..storage import ArtifactStore, StorageError, open_store, with_retries
 from .checkpoint import CheckpointError, Checkpoints
 from .parallel import DistEnv, all_reduce_mean, any_rank, init_distributed, parallelize, set_gradient_sync
@@ -85,6 +86,18 @@ def transformer_options(spec: TrainingSpec) -> dict:
     return dict(spec.model.transformer_options(), lora_rank=spec.lora.rank, lora_alpha=spec.lora.alpha)
 
 
+def scheduler_shift(spec: TrainingSpec) -> float:
+    """The flow-matching shift of the base's scheduler, read without building the pipeline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ..model.presets import get_preset
+    from ..storage import materialize_dir
+
+    if spec.model.preset:
+        return FlowMatchEulerDiscreteScheduler(**get_preset(spec.model.preset).scheduler).config.shift
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(materialize_dir(spec.model.hunyuanvideo) / "scheduler").config.shift
+
+
 def build_pipeline(spec: TrainingSpec):
     """The whole pipeline as inference builds it (evaluation; training builds its transformer sharded)."""
     from ..model.pipeline import PolyVividPipeline
@@ -123,15 +136,30 @@ def build_transformer(spec: TrainingSpec, env: DistEnv, frozen_dtype: torch.dtyp
     return transformer, model
 
 
-def encode_sample(pipe, sample: TrainSample, generator: torch.Generator,
-                  device: torch.device) -> tuple[torch.Tensor, dict]:
-    """A sample's scaled latents, drawn from the VAE's posterior with `generator`, and its conditioning inputs."""
+def draw_latents(posterior, generator: torch.Generator, scaling_factor: float) -> torch.Tensor:
+    """A sample's scaled latents, drawn from its VAE posterior with the sample's generator: the VAE's own
+    (raw clips) or one rebuilt from precomputed parameters, the same draw either way."""
+    return (posterior.sample(generator) * scaling_factor).float()
+
+
+def encode_sample(pipe, sample: TrainSample, generator: torch.Generator, device: torch.device,
+                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
+    """A decoded sample's latents (draw_latents) and its conditioning inputs (in `dtype`: the frozen weights')."""
     vae = pipe.vae
     with torch.no_grad():
-        x0 = vae.encode(sample.video[None].to(device, vae.dtype)).latent_dist.sample(generator)
-        x0 = (x0 * vae.config.scaling_factor).float()
-        cond = pipe.encode_conditions(sample.caption, sample.subjects)
+        x0 = draw_latents(vae.encode(sample.video[None].to(device, vae.dtype)).latent_dist, generator,
+                          vae.config.scaling_factor)
+        cond = pipe.encode_conditions(sample.caption, sample.subjects, device, dtype)
     return x0, cond
+
+
+def load_encoded(sample: EncodedSample, generator: torch.Generator, device: torch.device,
+                 scaling_factor: float) -> tuple[torch.Tensor, dict]:
+    """A precomputed sample's latents (draw_latents) and conditioning inputs, on `device`."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    x0 = draw_latents(DiagonalGaussianDistribution(sample.moments.to(device)), generator, scaling_factor)
+    return x0, {name: t.to(device) for name, t in sample.cond.items()}
 
 
 def flow_matching_loss(pipe, model, sample: TrainSample, generator: torch.Generator, env: DistEnv,
@@ -202,8 +230,11 @@ class Trainer:
     process group most of them are collectives (parallelize, checkpoint load and save, the loss's
     all-reduce, the export)."""
 
-    def __init__(self, spec: TrainingSpec, store: ArtifactStore, metrics_addr: str = "127.0.0.1"):
+    def __init__(self, spec: TrainingSpec, store: ArtifactStore, metrics_addr: str = "127.0.0.1",
+                 precompute_only: bool = False):
         self.spec, self.store, self.metrics_addr = spec, store, metrics_addr
+        self.precompute_only = precompute_only  # `polyvivid precompute`: setup() stops after the inputs are encoded
+        self.precomputed: PrecomputedReader | None = None
         self.reporter: ProgressReporter | None = None  # close() also runs after a setup() that failed early
         self.scratch: Path | None = None
         self.start = 0  # the first step to run: a resumed run's checkpoint step
@@ -212,8 +243,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """The process group and logging, the data, the model and optimizer, progress reporting, and the
-        state of the newest good checkpoint if there is one."""
+        """The process group and logging, the data, progress reporting, the precompute phase (spec.precompute),
+        the model and optimizer, and the state of the newest good checkpoint if there is one."""
         spec = self.spec
         self.env = env = init_distributed()
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(name)s: %(message)s")
@@ -222,15 +253,43 @@ class Trainer:
         if rest or self.per_rank == 0:
             raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of the world size "
                                 f"{env.world_size} (nodes x processes per node)")
-        self.dataset = SubjectVideoDataset(spec.dataset.uri)
+        use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
+        if spec.precision == "bf16" and not use_bf16 and env.is_main:
+            log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.frozen_dtype = torch.bfloat16 if use_bf16 else torch.float32
+        self.dataset = SubjectVideoDataset(spec.dataset.uri, frame_windows=spec.dataset.frame_windows)
         stage_data = self._select_stage_data()  # before the model: a stage without samples stops the run at once
-        self._build_model()
-        self.scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
         self.reporter = ProgressReporter(self.store, spec.total_steps, spec.metrics_port, self.metrics_addr,
                                          enabled=env.is_main)
         self.reporter.state["stage_data"] = stage_data
-        self.checkpoints = Checkpoints(self.store, env, self.scratch, spec.keep_checkpoints)
+        if spec.precompute is not None:
+            self._precompute()
+        if self.precompute_only:
+            return
+        self._build_model()
+        self.scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
+        self.checkpoints = Checkpoints(self.store, self.env, self.scratch, spec.keep_checkpoints)
         self._resume()
+
+    def _precompute(self) -> None:
+        """Encode the inputs every view reads (train/precompute.py), or find them encoded; from then on the
+        views read them instead of the clips."""
+        from .precompute import precompute_inputs
+
+        def report(done: int, total: int) -> None:
+            self.reporter.write(status="precomputing", precompute={"samples": total, "done": done})
+
+        report(0, 0)
+        self.precomputed = precompute_inputs(self.spec, self.env, self.dataset, self.views, self.store.uri(""),
+                                             self.frozen_dtype, report)
+        for view in (self.dataset, *self.views.values()):
+            view.precomputed = self.precomputed
+        done = sum("file" in entry for entry in self.precomputed.index["samples"].values())
+        self.reporter.state["precomputed"] = {"uri": self.precomputed.uri, "samples": done,
+                                             "errors": len(self.precomputed.index["samples"]) - done}
+        if self.precompute_only:
+            self.reporter.write(status="precomputed")
 
     def _select_stage_data(self) -> dict[str, dict]:
         """Each stage part's view of the dataset (loader.stage_view) into self.views, keyed by (stage index,
@@ -256,17 +315,15 @@ class Trainer:
         return summary
 
     def _build_model(self) -> None:
-        """The pipeline on this rank: frozen VAE and text encoders on the device, the transformer with only
-        spec.trainable left trainable and wrapped for DDP or FSDP2, and AdamW over what trains."""
-        spec, env = self.spec, self.env
-        use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
-        if spec.precision == "bf16" and not use_bf16 and env.is_main:
-            log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        frozen_dtype = torch.bfloat16 if use_bf16 else torch.float32
+        """The model on this rank: the transformer with only spec.trainable left trainable and wrapped for DDP
+        or FSDP2, AdamW over what trains, and (reading raw clips) the pipeline's frozen VAE and text encoders on
+        the device, VAE tiling on. Reading precomputed inputs, no encoder is built (a preset's tiny ones are
+        dropped)."""
+        spec, env, frozen_dtype = self.spec, self.env, self.frozen_dtype
         torch.manual_seed(spec.seed)  # the same fresh PolyVivid weights on every rank
+        pipe = None
         if spec.model.preset:  # random weights: nothing to load, and small
-            self.pipe = pipe = build_pipeline(spec)
+            pipe = build_pipeline(spec)
             self.transformer = transformer = pipe.transformer
             transformer.freeze_base(spec.trainable)
             for param in transformer.parameters():
@@ -281,8 +338,9 @@ class Trainer:
 
             transformer, self.model = build_transformer(spec, env, frozen_dtype)
             self.transformer = transformer
-            self.pipe = pipe = PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava,
-                                                                   torch_dtype=frozen_dtype, transformer=transformer)
+            if self.precomputed is None:
+                pipe = PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava,
+                                                           torch_dtype=frozen_dtype, transformer=transformer)
         self.own = {n for n, p in transformer.named_parameters() if p.requires_grad}  # what checkpoints hold
         if not self.own:
             raise TrainingError(f"nothing to train: this model has no parameters in {spec.trainable}")
@@ -296,14 +354,19 @@ class Trainer:
             log.info("trainable parameters: %s = %d of %d (%.3f%%)",
                      ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())), sum(counts.values()), total,
                      100 * sum(counts.values()) / total)
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.requires_grad_(False).to(env.device, frozen_dtype)
+        self.shift = pipe.scheduler.config.shift if pipe else scheduler_shift(spec)
+        if self.precomputed is not None:
+            self.pipe, self.scaling_factor = None, self.precomputed.scaling_factor
+        else:
+            for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+                module.requires_grad_(False).to(env.device, frozen_dtype)
+            pipe.enable_vae_tiling()  # as precompute encodes: the untiled encode of a 720p clip peaks at 32 GB
+            self.pipe, self.scaling_factor = pipe, pipe.vae.config.scaling_factor
         transformer.train()
         self.trainable = [p for p in transformer.parameters() if p.requires_grad]
         opt = spec.optimizer
         self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.learning_rate, weight_decay=opt.weight_decay,
                                            betas=(opt.beta1, opt.beta2))
-        self.shift = pipe.scheduler.config.shift
 
     def _resume(self) -> None:
         try:
@@ -342,7 +405,10 @@ class Trainer:
             sample = unpack(sample)
             generator = torch.Generator()
             generator.set_state(state)  # where loading left it: the latents and noise are drawn next
-            x0, cond = encode_sample(self.pipe, sample, generator, self.env.device)
+            if isinstance(sample, EncodedSample):
+                x0, cond = load_encoded(sample, generator, self.env.device, self.scaling_factor)
+            else:
+                x0, cond = encode_sample(self.pipe, sample, generator, self.env.device, self.frozen_dtype)
             yield MicroBatch(x0, cond, generator)
 
     def train_step(self, plan: StepPlan) -> float:
@@ -472,12 +538,17 @@ class Trainer:
             self.scratch = None
 
 
-def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "127.0.0.1") -> int:
+def train(spec: TrainingSpec, output: str | None = None, metrics_addr: str = "127.0.0.1",
+          precompute_only: bool = False) -> int:
     """This rank's run of `spec` (`polyvivid train`, alone or under torchrun), stored under `output` (default
-    spec.output): 0 when done, EXIT_PREEMPTED after a SIGTERM's checkpoint."""
-    trainer = Trainer(spec, open_store(output or spec.output), metrics_addr)
+    spec.output): 0 when done, EXIT_PREEMPTED after a SIGTERM's checkpoint. precompute_only (`polyvivid
+    precompute`): only the precompute phase."""
+    trainer = Trainer(spec, open_store(output or spec.output), metrics_addr, precompute_only)
     try:
         trainer.setup()
+        if precompute_only:
+            _leave_process_group(trainer.env)
+            return 0
         return trainer.train()
     finally:
         trainer.close()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polyvivid.data.dataset import MANIFEST, read_manifest
-from polyvivid.data.loader import SampleError, SubjectVideoDataset, pick_frames
+from polyvivid.data.loader import SampleError, SubjectVideoDataset, pick_frames, window_starts
 from polyvivid.data.synthetic import write_synthetic_dataset
 from polyvivid.storage import open_store
 from polyvivid.video import decode_mp4
@@ -64,6 +64,15 @@ def test_frame_windows_are_contiguous_and_never_repeat_frames():
     assert (pick_frames(9, 9, g) == range(9)).all()
     with pytest.raises(SampleError, match="^shorter than the stage's frames: 3 frames, 9 wanted$"):
         pick_frames(3, 9, g)
+
+
+def test_frame_windows_start_anywhere_or_at_evenly_spaced_starts():
+    assert window_starts(17, 9) == list(range(9))  # windows 0: anywhere
+    assert window_starts(17, 9, 4) == [0, 3, 5, 8]  # first and last included
+    assert window_starts(17, 9, 1) == [0] and window_starts(10, 9, 4) == [0, 1]  # fewer when the clip has fewer
+    # A pick is one draw whichever set it picks from: every window of the set comes up, and only those.
+    picks = {int(pick_frames(17, 9, torch.Generator().manual_seed(s), 4)[0]) for s in range(100)}
+    assert picks == {0, 3, 5, 8}
 
 
 def test_order_is_seeded_and_covers_every_sample_each_epoch(dataset_dir):

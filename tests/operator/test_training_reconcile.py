@@ -48,14 +48,20 @@ def test_training_lifecycle_create_status_update_delete(kube, s3_bucket, operato
     assert pending["status"]["phase"] == "Pending" and pending["status"]["pytorchJob"] == "demo-train"
     assert ready(pending)["observedGeneration"] == 1
 
-    # the training operator starts it; the workload writes progress.json
-    store.write_text("progress.json", json.dumps({"status": "running", "step": 3, "total_steps": 8, "loss": 0.25,
-                                                   "stage": "identity", "last_checkpoint": "step-00000002"}))
+    # the training operator starts it; the pods first precompute the inputs (spec.precompute), then train
+    store.write_text("progress.json", json.dumps({"status": "precomputing", "total_steps": 8,
+                                                   "precompute": {"samples": 40, "done": 16}}))
     kube.set_status("PyTorchJob", "demo-train", job_condition("Running", "2026-11-24T00:01:00Z"))
+    wait_for(lambda: ready(kube.get("PolyVividTraining", "demo"))["message"] ==
+             "precomputing the inputs before the first step (16 of 40 samples)", what="the precomputing message")
+    store.write_text("progress.json", json.dumps({"status": "running", "step": 3, "total_steps": 8, "loss": 0.25,
+                                                   "stage": "identity", "last_checkpoint": "step-00000002",
+                                                   "precomputed": {"uri": f"{out}/precomputed/0123", "samples": 40}}))
     running = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo"))["status"].get("step") == 3 and t,
                        what="progress in the status")
     assert running["status"]["phase"] == "Running" and running["status"]["loss"] == 0.25
     assert running["status"]["stage"] == "identity" and running["status"]["latestCheckpoint"] == "step-00000002"
+    assert running["status"]["precomputedInputs"] == f"{out}/precomputed/0123"
 
     # a spec change reaches the children (generation 2 observed)
     kube.patch("PolyVividTraining", "demo", {"spec": {"resources": {"nodes": 2, "gpusPerNode": 2}}})

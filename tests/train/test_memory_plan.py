@@ -76,10 +76,12 @@ def test_the_estimate_is_within_a_quarter_of_a_measured_training_step(checkpoint
     assert 0.75 <= estimated.peak / measured["peak_bytes"] <= 1.25, (estimated, measured)
 
 
-def full_size(parallelism="fsdp", height=544, width=960, gpu_memory=80.0, gpus=8, nodes=1):
+def full_size(parallelism="fsdp", height=544, width=960, gpu_memory=80.0, gpus=8, nodes=1, precompute=True):
     manifest = yaml.safe_load((ROOT / "manifests" / "examples" / "training.yaml").read_text())
     manifest["spec"].update(parallelism=parallelism, resources={"nodes": nodes, "gpusPerNode": gpus,
                                                                 "gpuMemoryGib": gpu_memory})
+    if not precompute:
+        del manifest["spec"]["precompute"]
     for stage in manifest["spec"]["stages"]:
         stage["resolution"] = {"height": height, "width": width, "frames": 129}
     return load_resource(manifest, PolyVividTraining).spec
@@ -90,14 +92,16 @@ def test_at_the_real_shapes_544p_fits_720p_does_not_and_ddp_is_refused():
     assert [(r.stage, r.resolution) for r in rows] == [("identity", "low"), ("identity", "full"),
                                                        ("interaction", "low"), ("interaction", "full")]
     full = rows[-1]
-    assert full.video_tokens == 33 * 34 * 60 and full.fits and 55 < full.per_gpu_gib < 75
+    assert full.video_tokens == 33 * 34 * 60 and full.fits and 40 < full.per_gpu_gib < 60 and full.encoders_gib == 0
     assert refusal(full_size()) is None
+    raw = plan(full_size(precompute=False))[-1]  # reading raw clips, LLaVA, CLIP and the VAE sit on every GPU
+    assert 15 < raw.encoders_gib < 17 and raw.per_gpu_gib == pytest.approx(full.per_gpu_gib + raw.encoders_gib, abs=0.02)
     big = plan(full_size(height=720, width=1280))[-1]
     assert big.video_tokens == 118_800 and not big.fits and big.activations_gib > 60  # needs context parallelism
     assert plan(full_size(height=720, width=1280, gpu_memory=141))[-1].fits
-    why = refusal(full_size(parallelism="ddp"))
+    why = refusal(full_size(parallelism="ddp", precompute=False))
     assert why.startswith("stage identity (full 129x544x960) needs an estimated ") and "of 80 GiB" in why
-    ddp = plan(full_size(parallelism="ddp"))[-1]
+    ddp = plan(full_size(parallelism="ddp", height=720, width=1280))[-1]
     assert ddp.params_gib > 25 and not ddp.fits  # every GPU holds the whole 13B base
 
 
@@ -115,6 +119,7 @@ def test_polyvivid_plan_prints_the_table_or_json_and_exits_1_when_a_row_does_not
     assert len(rows) == 4 and all(r["gpu_memory_gib"] == 141 and r["fits"] for r in rows)
     manifest = yaml.safe_load(open(example))
     manifest["spec"]["parallelism"] = "ddp"
+    del manifest["spec"]["precompute"]  # (with precompute, DDP at 544p is estimated at 74.4 GiB: it fits)
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(manifest))
     refused = polyvivid("plan", str(tmp_path / "ddp.yaml"), "--json")
     assert refused.returncode == 1 and not all(json.loads(line)["fits"] for line in refused.stdout.splitlines())
@@ -129,4 +134,4 @@ def test_the_operator_refuses_a_training_that_cannot_fit():
     check_training(full_size(), OperatorConfig())
     with pytest.raises(InvalidSpec, match=r"^spec.resources.gpuMemoryGib: stage identity \(full 129x544x960\) needs an "
                                           r"estimated \d+\.\d GiB per GPU \(params 25\.48, .* of 80 GiB"):
-        check_training(full_size(parallelism="ddp"), OperatorConfig())
+        check_training(full_size(parallelism="ddp", precompute=False), OperatorConfig())

@@ -14,7 +14,8 @@ import torch
 from polyvivid.api.training import Stage
 from polyvivid.data.dataset import MANIFEST, SampleRecord, read_manifest, write_manifest
 from polyvivid.data.loader import (
-    SHORT_CLIP, SampleError, StepLoader, StepRequest, SubjectVideoDataset, compose_caption, stage_view, step_batches,
+    SHORT_CLIP, SampleError, StepLoader, StepRequest, SubjectVideoDataset, caption_variants, compose_caption, stage_view,
+    step_batches,
 )
 from polyvivid.data.synthetic import write_synthetic_dataset
 from polyvivid.model.request import word_in_prompt
@@ -87,6 +88,11 @@ def test_compose_caption_mixes_the_parts_keeps_every_subject_word_and_is_seeded(
                    for s in range(50))
     # A record with only the long caption (every manifest before structured captions) reads it as is.
     assert {compose_caption(records[0], torch.Generator().manual_seed(s)) for s in range(20)} == {records[0].caption}
+
+    # caption_variants lists every caption compose_caption can give (what precompute encodes), each once.
+    assert set(caption_variants(record)) == set(composed) and len(caption_variants(record)) == 16
+    assert caption_variants(lacking)[0] == lacking.caption and len(caption_variants(lacking)) == 8
+    assert caption_variants(records[0]) == [records[0].caption]
 
 
 def test_a_training_sample_reads_a_composed_caption_fixed_by_seed_and_position(tmp_path):

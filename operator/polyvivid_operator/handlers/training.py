@@ -1,5 +1,8 @@
 """PolyVividTraining -> a PyTorchJob (and its spec ConfigMap); the status follows the PyTorchJob and
-OUTPUT/progress.json. A dataset that names a CurationJob waits (phase Waiting) until it succeeded."""
+OUTPUT/progress.json. A dataset that names a CurationJob waits (phase Waiting) until it succeeded.
+
+With spec.precompute the job's pods first encode the inputs (train/precompute.py), then train: one child,
+two phases, the first resumable on its own. The status message says which phase is running."""
 
 from __future__ import annotations
 
@@ -42,11 +45,17 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         document, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
                                         spec.output, "progress.json")
         document = document or {}
-        progress, unusable = workload_output(TrainingProgress, {field: document.get(key)
-                                                                for field, key in PROGRESS_FIELDS}, "progress.json")
+        fields = {field: document.get(key) for field, key in PROGRESS_FIELDS}
+        precomputed = document.get("precomputed") if isinstance(document.get("precomputed"), dict) else {}
+        progress, unusable = workload_output(TrainingProgress, {**fields, "precomputed_inputs": precomputed.get("uri")},
+                                             "progress.json")
         metrics.set_training_step(ns, body["metadata"]["name"], progress.step)
         if phase == "Running" and document.get("status") == "evaluating":
             message = "evaluating the final weights on the test set"
+        if phase == "Running" and document.get("status") == "precomputing":
+            counts = document.get("precompute") if isinstance(document.get("precompute"), dict) else {}
+            message = (f"precomputing the inputs before the first step ({counts.get('done', 0)} of "
+                       f"{counts.get('samples') or '?'} samples)")
         if why or unusable:
             message += f" ({why or unusable})"
         if phase == "Succeeded":
