@@ -261,6 +261,10 @@ class TrainingSpec(ApiModel):
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
+    def transformer_options(self) -> dict:
+        """PolyVividTransformer's options for this run: the model's switches and the LoRA's rank and alpha."""
+        return dict(self.model.transformer_options(), lora_rank=self.lora.rank, lora_alpha=self.lora.alpha)
+
 
 class PolyVividTraining(ApiModel):
     api_version: Literal["polyvivid.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")

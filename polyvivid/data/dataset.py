@@ -63,7 +63,7 @@ class SampleRecord(BaseModel):
     caption: str = Field(min_length=1)
     subjects: list[SubjectRecord] = Field(min_length=1)
     # the rest of the structured caption (paper A.3), combined with `caption` during training
-    # (loader.compose_caption); curation writes "" for a part the captioner did not give
+    # (sampling.compose_caption); curation writes "" for a part the captioner did not give
     short_caption: OptionalText = None
     background: OptionalText = None
     style: OptionalText = None

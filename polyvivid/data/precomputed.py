@@ -12,7 +12,7 @@ configuration writes another directory, the same one resumes or reuses this one)
                                    of frame window k at that size; training draws the latents from them
                                    with the sample's generator, as it would from the VAE's own posterior
         captions/<j>/<input>       the transformer's conditioning inputs for caption variant j
-                                   (loader.caption_variants): LLaVA's z_T and mask, each subject's token
+                                   (sampling.caption_variants): LLaVA's z_T and mask, each subject's token
                                    spans (text_positions, subject_positions), CLIP's pooled embedding
         subject_latents            the subject images' latents
       and in the header's metadata: the sample's id, its captions (JSON list, j's order) and its window
@@ -20,7 +20,7 @@ configuration writes another directory, the same one resumes or reuses this one)
     samples/<i:08d>.error.json     why sample i cannot be used: training skips it as a raw read would
 
 Training reads a sample the way raw training does, drawing from the same generator in the same order:
-which window (loader.pick_window), which caption (loader.compose_caption), then the latents and the noise.
+which window (sampling.pick_window), which caption (sampling.compose_caption), then the latents and the noise.
 With the same seed it sees the same inputs (tests/train/test_precompute.py).
 """
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..storage import ArtifactStore, StorageError, open_store
+from .sampling import SampleError, compose_caption, pick_window
 
 FORMAT = "polyvivid-precomputed/v1"
 INDEX = "index.json"
@@ -102,9 +103,7 @@ class PrecomputedReader:
 
     def read(self, index: int, record, frames: int, height: int, width: int, generator: torch.Generator) -> EncodedSample:
         """Sample `index` (its manifest `record`) at this size: the window and caption drawn from `generator`
-        as raw loading draws them (loader.pick_window, then loader.compose_caption)."""
-        from .loader import SampleError, compose_caption, pick_window
-
+        as raw loading draws them (sampling.pick_window, then sampling.compose_caption)."""
         entry = self.index["samples"].get(str(index))
         if entry is None:
             raise SampleError(f"not precomputed: sample {record.id} is not in {self.uri}/{INDEX}")
@@ -128,8 +127,6 @@ class PrecomputedReader:
         """The tensors of one shard that a read at `size` may need, and its metadata (lists decoded)."""
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load
-
-        from .loader import SampleError
 
         def wanted(name: str) -> bool:
             return not name.startswith("latents/") or name.startswith(f"latents/{size}/")

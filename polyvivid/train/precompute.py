@@ -81,16 +81,15 @@ def build_encoders(spec: TrainingSpec, device: torch.device, dtype: torch.dtype)
     """The pipeline's frozen encoders (VAE with tiling on, LLaVA, CLIP) on `device`; its transformer only as
     configuration (a preset's tiny random one, or the real one on the meta device: no memory)."""
     from ..model.pipeline import PolyVividPipeline
-    from .trainer import build_pipeline, transformer_options
 
     if spec.model.preset:
-        pipe = build_pipeline(spec)
+        pipe = PolyVividPipeline.from_preset(spec.model.preset, seed=spec.model.seed, **spec.transformer_options())
     else:
         from ..model.transformer import PolyVividTransformer
         from ..storage import materialize_dir
 
         base = materialize_dir(spec.model.hunyuanvideo) / "transformer"
-        transformer = PolyVividTransformer.build_on_meta(base, **transformer_options(spec))
+        transformer = PolyVividTransformer.build_on_meta(base, **spec.transformer_options())
         pipe = PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, torch_dtype=dtype,
                                                    transformer=transformer)
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):

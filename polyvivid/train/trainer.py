@@ -82,10 +82,6 @@ def sample_generator(seed: int, position: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + position)
 
 
-def transformer_options(spec: TrainingSpec) -> dict:
-    return dict(spec.model.transformer_options(), lora_rank=spec.lora.rank, lora_alpha=spec.lora.alpha)
-
-
 def scheduler_shift(spec: TrainingSpec) -> float:
     """The flow-matching shift of the base's scheduler, read without building the pipeline."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -103,8 +99,8 @@ def build_pipeline(spec: TrainingSpec):
     from ..model.pipeline import PolyVividPipeline
 
     if spec.model.preset:
-        return PolyVividPipeline.from_preset(spec.model.preset, seed=spec.model.seed, **transformer_options(spec))
-    return PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, **transformer_options(spec))
+        return PolyVividPipeline.from_preset(spec.model.preset, seed=spec.model.seed, **spec.transformer_options())
+    return PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, **spec.transformer_options())
 
 
 def build_transformer(spec: TrainingSpec, env: DistEnv, frozen_dtype: torch.dtype):
@@ -120,7 +116,7 @@ def build_transformer(spec: TrainingSpec, env: DistEnv, frozen_dtype: torch.dtyp
 
     base_dir = materialize_dir(spec.model.hunyuanvideo) / "transformer"
     source = SafetensorsDir(base_dir)
-    transformer = PolyVividTransformer.build_on_meta(base_dir, **transformer_options(spec))
+    transformer = PolyVividTransformer.build_on_meta(base_dir, **spec.transformer_options())
     torch.nn.Module.to(transformer, dtype=frozen_dtype)
     own = transformer.materialize_polyvivid_parameters(torch.float32)
     transformer.freeze_base(spec.trainable)
