@@ -317,6 +317,29 @@ def plan(args) -> dict:
             "pass": all(0.75 <= f["estimated/measured"] <= 1.25 for f in figures.values())}
 
 
+def context_parallel(args) -> dict:
+    """contextParallel 2 vs 1 on CPU (benchmarks/context_parallel.py: 2 gloo ranks, a thread each): seconds of
+    a forward + backward split over the 2 ranks vs whole on one, the share of the split step spent in the
+    forward's all-to-alls and output all-gather (the backward repeats them), and the gradient difference. CPU is not the target (no NVLink,
+    gloo): the figures say what the exchanges cost here, and that the split step is exact."""
+    import os
+    import subprocess
+
+    from tests.conftest import free_port
+
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(free_port()), "-m", "benchmarks.context_parallel"],
+                         check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = next(json.loads(line) for line in run.stdout.splitlines() if line.startswith("{"))
+    return {"name": "context_parallel", "device": "cpu, 2 gloo ranks x 1 thread",
+            "shape": f"cpu hidden 256, 2 double + 4 single, {r['video_tokens']} video + {r['text_tokens']} text tokens",
+            "seconds_per_step": {"whole_1_rank": round(r["whole_s"], 4), "context_parallel_2": round(r["split_s"], 4)},
+            "ratio": {"context_parallel_2/whole": round(r["split_s"] / r["whole_s"], 3),
+                      # the forward's exchanges only: the backward runs the same ones again, inside autograd
+                      "forward_exchange/context_parallel_2": round(r["exchange_s"] / r["split_s"], 3)},
+            "max_grad_diff": r["max_grad_diff"], "pass": r["max_grad_diff"] < 1e-4}
+
+
 def curate(args) -> dict:
     """Clips per second through the whole curation pipeline on local Ray with the tiny models
     (8 raw videos of two shots each, with caption files), against the split+filter stage alone."""
@@ -562,8 +585,8 @@ def operator(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, curate, clique, serve, "
-                             "operator)")
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, context_parallel, "
+                             "curate, clique, serve, operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -579,7 +602,8 @@ def main(argv=None) -> int:
     parser.add_argument("--build-layers", default="4,4", help="double,single blocks of the train_build model")
     parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
-    benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "plan": plan, "curate": curate,
+    benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "plan": plan,
+                  "context_parallel": context_parallel, "curate": curate,
                   "clique": clique,
                   "serve": serve, "operator": operator}
     for name, fn in benchmarks.items():

@@ -14,6 +14,9 @@ An analytic model, torch-free so that the operator can run it:
   units of the hidden width D per token, measured on the real modules (tests check the constants with
   saved-tensor hooks): with activation checkpointing each block keeps its inputs, and the backward
   recomputes one block at a time, whose own activations are the recompute peak. One sample at a time.
+- Context parallelism (spec.contextParallel N) splits a sample's video and text tokens over N ranks:
+  a rank's block activations are those of its 1/N of the tokens, plus the Ulysses all-to-all buffers
+  (Q, K, V and the output, sent and received) during one attention. FSDP2 shards over all ranks.
 - Reading raw clips, the frozen encoders (LLaVA, CLIP, the VAE) sit on every GPU, in the compute dtype; with
   spec.precompute training never builds them (the precompute phase before it holds only the encoders).
 - RESERVED_GIB covers the CUDA context, NCCL and cuBLAS workspaces and allocator fragmentation.
@@ -34,6 +37,7 @@ SAVED_WITH_CHECKPOINTING = {"double_video": 1.0, "double_text": 1.0, "injection_
 BLOCK_ACTIVATIONS = {"double_video": 12.0, "double_text": 12.0, "injection_video": 14.0, "single": 11.5}
 BACKWARD_TRANSIENT = 2.0  # the gradients of a block's inputs and outputs while its backward runs
 OUTSIDE_BLOCKS = 1.0  # per video token: the final norm's and projection's inputs
+ULYSSES_TRANSIENT = 8.0  # per local token with context parallelism: Q, K, V, output, each sent and received
 LATENT_FRAMES_PER_FRAME = 4  # the causal VAE: 1 + 4k frames -> 1 + k latent frames
 SPATIAL_DOWN = 8  # VAE spatial compression; the transformer's patch divides further
 # The frozen encoders of each preset (LLaVA, CLIP-L text, the VAE), counted on the meta device.
@@ -125,6 +129,7 @@ class Setup:
     activation_checkpointing: bool = True
     compute_bytes: int = 2  # bf16; 4 on CPU (fp32)
     encoder_params: int = 0  # frozen encoders held on the GPU (0 once inputs are precomputed)
+    context_parallel: int = 1  # ranks a sample's tokens are split over
     samples_per_rank: int = 1  # micro-batches accumulated per optimizer step
     reserved_gib: float = RESERVED_GIB
     subject_tokens: int = 576  # <image> tokens a subject adds to the fused prompt (LLaVA's vision grid)
@@ -171,7 +176,13 @@ def estimate(setup: Setup, video: int, text: int) -> Estimate:
     shards = setup.data_parallel if setup.parallelism == "fsdp" else 1
     # FSDP2 keeps gradients unsharded (fp32) while it accumulates micro-batches without syncing
     grad_shards = shards if setup.samples_per_rank == 1 else 1
-    activations = activation_bytes(setup.config, video, text, setup.activation_checkpointing, setup.compute_bytes)
+    cp = setup.context_parallel
+    local_video, local_text = math.ceil(video / cp), math.ceil(text / cp)  # padded to a multiple of cp, then cut
+    activations = activation_bytes(setup.config, local_video, local_text, setup.activation_checkpointing,
+                                   setup.compute_bytes)
+    if cp > 1:
+        d = setup.config.get("num_attention_heads", 24) * setup.config.get("attention_head_dim", 128)
+        activations += ULYSSES_TRANSIENT * (local_video + local_text) * d * setup.compute_bytes
     return Estimate(
         params=(frozen * setup.compute_bytes + counts.own_total * 4) / shards,
         grads=trainable * 4 / grad_shards,
@@ -190,6 +201,7 @@ class PlanRow:
     resolution: str  # "low" or "full"
     size: str  # FRAMESxHEIGHTxWIDTH
     video_tokens: int
+    context_parallel: int
     params_gib: float
     grads_gib: float
     optimizer_gib: float
@@ -210,12 +222,12 @@ def setup_for(spec: TrainingSpec, on_gpu: bool = True) -> Setup:
                   lora_alpha=spec.lora.alpha)
     bf16 = spec.precision == "bf16" and on_gpu
     vision = get_preset(preset).llava_vision
-    world = spec.resources.world_size
-    return Setup(config=config, trainable=tuple(spec.trainable), data_parallel=world,
+    world, cp = spec.resources.world_size, spec.context_parallel
+    return Setup(config=config, trainable=tuple(spec.trainable), data_parallel=world, context_parallel=cp,
                  parallelism=spec.parallelism, activation_checkpointing=spec.activation_checkpointing,
                  compute_bytes=2 if bf16 else 4,
                  encoder_params=0 if spec.precompute is not None else sum(ENCODER_PARAMS[preset].values()),
-                 samples_per_rank=max(spec.global_batch_size // world, 1),
+                 samples_per_rank=max(spec.global_batch_size // max(world // cp, 1), 1),
                  subject_tokens=(vision["image_size"] // vision["patch_size"]) ** 2)
 
 
@@ -232,11 +244,38 @@ def plan(spec: TrainingSpec, gpu_memory_gib: float | None = None) -> list[PlanRo
             # the fused prompt holds each subject's image tokens too (LLaVA's grid, 576 at full size)
             est = estimate(setup, video, text + stage.max_subjects * setup.subject_tokens)
             gib = {k: round(v / GIB, 2) for k, v in asdict(est).items()}
-            rows.append(PlanRow(stage.name, name, f"{res.frames}x{res.height}x{res.width}", video,
+            rows.append(PlanRow(stage.name, name, f"{res.frames}x{res.height}x{res.width}", video, setup.context_parallel,
                                 gib["params"], gib["grads"], gib["optimizer"], gib["gathered"], gib["encoders"],
                                 gib["activations"], gib["reserved"], round(est.peak / GIB, 2), memory,
                                 est.peak / GIB <= memory))
     return rows
+
+
+def parallelism_refusal(spec: TrainingSpec) -> str | None:
+    """Why the spec's GPUs cannot split the run as it asks (contextParallel against the GPUs and the heads,
+    the global batch against the data-parallel groups), as "spec.FIELD: why", or None."""
+    from .model.presets import get_preset
+
+    cp, world = spec.context_parallel, spec.resources.world_size
+    heads = get_preset(spec.model.preset or SHAPE_OF_REAL_WEIGHTS).transformer["num_attention_heads"]
+    if world % cp:
+        return f"spec.contextParallel: contextParallel {cp} does not divide the {world} GPUs (nodes x gpusPerNode)"
+    if heads % cp:
+        return f"spec.contextParallel: contextParallel {cp} does not divide the model's {heads} attention heads"
+    if spec.global_batch_size % (world // cp):
+        groups = f"{world // cp} data-parallel groups ({world} GPUs / contextParallel {cp})" if cp > 1 else \
+            f"{world} GPUs (nodes x gpusPerNode)"
+        return f"spec.globalBatchSize: {spec.global_batch_size} is not a multiple of the {groups}"
+    return None
+
+
+def smallest_context_parallel(spec: TrainingSpec) -> int | None:
+    """The smallest contextParallel with which every row fits (None: none does)."""
+    for cp in range(1, spec.resources.world_size + 1):
+        candidate = spec.model_copy(update={"context_parallel": cp})
+        if parallelism_refusal(candidate) is None and all(row.fits for row in plan(candidate)):
+            return cp
+    return None
 
 
 def refusal(spec: TrainingSpec) -> str | None:
@@ -248,5 +287,10 @@ def refusal(spec: TrainingSpec) -> str | None:
             return (f"stage {row.stage} ({row.resolution} {row.size}) needs an estimated {row.per_gpu_gib:.1f} GiB per "
                     f"GPU (params {row.params_gib}, grads {row.grads_gib}, optimizer {row.optimizer_gib}, gathered "
                     f"{row.gathered_gib}, encoders {row.encoders_gib}, activations {row.activations_gib}, reserved "
-                    f"{row.reserved_gib}) of {row.gpu_memory_gib:g} GiB; see `polyvivid plan`")
+                    f"{row.reserved_gib}) of {row.gpu_memory_gib:g} GiB{_advice(spec)}; see `polyvivid plan`")
     return None
+
+
+def _advice(spec: TrainingSpec) -> str:
+    cp = smallest_context_parallel(spec)
+    return f" (contextParallel {cp} would fit)" if cp and cp != spec.context_parallel else ""

@@ -91,6 +91,9 @@ def check_training(spec, config: OperatorConfig) -> None:
     if spec.resources.gpus_per_node > config.max_gpus_per_node:
         raise InvalidSpec(f"spec.resources.gpusPerNode: {spec.resources.gpus_per_node} GPUs per node requested, "
                           f"the largest node has {config.max_gpus_per_node}")
+    unsplittable = memory_plan.parallelism_refusal(spec)  # the pods would stop at once
+    if unsplittable:
+        raise InvalidSpec(unsplittable)
     too_big = memory_plan.refusal(spec)  # a run that would fail with out-of-memory after its pods were scheduled
     if too_big:
         raise InvalidSpec(f"spec.resources.gpuMemoryGib: {too_big}")

@@ -229,6 +229,11 @@ class TrainingSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     precision: Literal["bf16", "fp32"] = "bf16"
     parallelism: Literal["fsdp", "ddp"] = "fsdp"
+    context_parallel: int = Field(1, ge=1, le=64, description="ranks that share each sample, its video and text "
+                                  "tokens split between them (Ulysses all-to-all in every attention): what lets "
+                                  "720p x 129 frames fit 80 GiB GPUs. It divides the GPUs (nodes x gpusPerNode) "
+                                  "and the model's attention heads (24 for HunyuanVideo); globalBatchSize is then "
+                                  "per data-parallel group, (nodes x gpusPerNode) / contextParallel of them")
     activation_checkpointing: bool = True
     checkpoint_interval: int = Field(500, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="good checkpoints kept; older ones are deleted once a "

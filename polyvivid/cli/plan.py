@@ -58,7 +58,8 @@ def run(args) -> int:
             print(json.dumps(asdict(row)))
     else:
         world = spec.resources.world_size
-        print(f"{spec.parallelism} over {world} GPU{'s' * (world > 1)}, {rows[0].gpu_memory_gib:g} GiB each; "
+        split = f", contextParallel {spec.context_parallel}" if spec.context_parallel > 1 else ""
+        print(f"{spec.parallelism} over {world} GPU{'s' * (world > 1)}{split}, {rows[0].gpu_memory_gib:g} GiB each; "
               f"GiB per GPU:")
         table = [[str(getattr(row, c)) if c != "fits" else ("yes" if row.fits else "NO") for c in COLUMNS]
                  for row in rows]
@@ -66,4 +67,11 @@ def run(args) -> int:
         widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
         for line in [headers, *table]:
             print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+        if not all(row.fits for row in rows):
+            from ..memory_plan import smallest_context_parallel
+
+            cp = smallest_context_parallel(spec.model_copy(update={"resources": spec.resources.model_copy(
+                update={"gpu_memory_gib": rows[0].gpu_memory_gib})}))
+            print(f"does not fit; with contextParallel {cp} it would" if cp else
+                  "does not fit at any contextParallel: more memory per GPU, or a smaller resolution")
     return 0 if all(row.fits for row in rows) else 1

@@ -18,6 +18,10 @@ Injection strategies (paper Table 2):
 
 `use_llava_fusion` is stored here with the other ablation switches but read by the pipeline: with
 it off, LLaVA sees the prompt alone and z_T holds no <image> tokens.
+
+Context parallelism is applied from outside (train/context_parallel.py): it sets `sequence_sharding`,
+which the forward asks to cut the video and text tokens into this rank's chunks before the blocks and
+to gather the output after them, and it swaps the blocks' attention processors. Unset, nothing changes.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             if interaction_weights == "shared":
                 self.transformer_blocks[interaction_block].attn.set_processor(InteractionAttnProcessor())
 
+        self.sequence_sharding = None  # context parallelism's (train/context_parallel.py): None runs whole
         self.identity_injection = None
         if self.injection_strategy.per_block:
             self.identity_injection = nn.ModuleList(self.injection_strategy.build(block, self.config)
@@ -362,6 +367,9 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             video_rope = (torch.cat([video_rope[0], concat_cos]), torch.cat([video_rope[1], concat_sin]))
             video_mask = torch.cat([video_mask, subject_token_mask], dim=1)
         attention_mask = torch.cat([video_mask, text_mask], dim=1)[:, None, None, :]
+        sharding = self.sequence_sharding
+        if sharding is not None:  # this rank's chunk of the video and text tokens, the mask in exchange order
+            video, video_rope, text, attention_mask = sharding.shard(video, video_rope, text, video_mask, text_mask)
 
         for i, block in enumerate(self.transformer_blocks):
             if self.identity_injection is not None:
@@ -370,8 +378,10 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         for block in self.single_transformer_blocks:
             video, text = self._run(block, video, text, temb, attention_mask, video_rope)
 
-        video = video[:, :n_video]
-        video = self.proj_out(self.norm_out(video, temb))
+        if sharding is None:
+            video = self.proj_out(self.norm_out(video[:, :n_video], temb))
+        else:  # per-token layers on the chunk, then every rank gets the whole output (64 numbers a token)
+            video = sharding.gather(self.proj_out(self.norm_out(video, temb)))[:, :n_video]
         video = video.reshape(batch, post_f, post_h, post_w, -1, p_t, p, p)
         video = video.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if not return_dict:

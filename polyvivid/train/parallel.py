@@ -1,4 +1,5 @@
-"""Parallelism, applied to an unmodified model (torchtitan style): DDP, or FSDP2 per block.
+"""Parallelism, applied to an unmodified model (torchtitan style): DDP, or FSDP2 per block, and context
+parallelism (context_parallel.py) on a (dp, cp) DeviceMesh.
 
 FSDP2 units: every double-stream block together with its identity-injection module (the injection
 calls the block's own Q/K/V projections, so their parameters must be gathered together), every
@@ -21,18 +22,31 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    context_parallel: int = 1  # ranks that share one sample (its sequence split between them)
+    cp_group: object = None  # their process group (the mesh's "cp" dimension), when context_parallel > 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @property
+    def dp_rank(self) -> int:
+        """Which data-parallel replica this rank is: the ranks of one cp group read the same samples."""
+        return self.rank // self.context_parallel
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.context_parallel
+
+    @property
     def distributed(self) -> bool:
         return self.world_size > 1
 
 
-def init_distributed() -> DistEnv:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...); gloo on CPU, nccl on GPU."""
+def init_distributed(context_parallel: int = 1) -> DistEnv:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...); gloo on CPU, nccl on GPU.
+    With context_parallel N > 1 the ranks form a (world / N, N) DeviceMesh named ("dp", "cp"): consecutive
+    ranks (one node's GPUs, on NVLink) share a sample."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -43,11 +57,25 @@ def init_distributed() -> DistEnv:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistEnv(rank, world, local_rank, device)
+    if world % context_parallel:
+        raise ValueError(f"contextParallel {context_parallel} does not divide the world size {world}")
+    cp_group = None
+    if context_parallel > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (world // context_parallel, context_parallel), mesh_dim_names=("dp", "cp"))
+        cp_group = mesh.get_group("cp")
+    return DistEnv(rank, world, local_rank, device, context_parallel, cp_group)
 
 
 def parallelize(transformer: nn.Module, mode: str, env: DistEnv, param_dtype: torch.dtype) -> nn.Module:
-    """Returns the module to call in the training step (the transformer itself under FSDP2)."""
+    """Returns the module to call in the training step (the transformer itself under FSDP2). Context
+    parallelism first (it changes no parameter); then FSDP2 shards over every rank, data-parallel and
+    context-parallel alike (torchtitan's dp_shard_cp), or DDP replicates on every rank."""
+    if env.context_parallel > 1:
+        from .context_parallel import apply_context_parallel
+
+        apply_context_parallel(transformer, env.cp_group)
     if not env.distributed:
         return transformer
     if mode == "ddp":

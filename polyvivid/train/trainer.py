@@ -3,7 +3,9 @@
 One process per GPU (or one or more on CPU) under torchrun. Every rank builds the whole pipeline
 (frozen VAE and text encoders, the transformer with its frozen base), keeps only PolyVivid's own
 parameters trainable, and wraps the transformer for DDP or FSDP2. Each optimizer step sees
-`global_batch_size` samples: `global_batch_size / world_size` per rank, accumulated one at a time.
+`global_batch_size` samples: `global_batch_size / world_size` per rank, accumulated one at a time. With
+spec.contextParallel N, each group of N ranks shares its samples, their sequences split between them
+(context_parallel.py): `global_batch_size / (world_size / N)` per group.
 
 What a step reads and which noise it draws are functions of (seed, global sample position), so a
 resumed run repeats exactly what an uninterrupted one would do.
@@ -242,13 +244,17 @@ class Trainer:
         """The process group and logging, the data, progress reporting, the precompute phase (spec.precompute),
         the model and optimizer, and the state of the newest good checkpoint if there is one."""
         spec = self.spec
-        self.env = env = init_distributed()
+        try:
+            self.env = env = init_distributed(spec.context_parallel)
+        except ValueError as e:
+            raise TrainingError(f"{e} (nodes x processes per node)") from None
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(name)s: %(message)s")
         self.preemption = _Preemption()
-        self.per_rank, rest = divmod(spec.global_batch_size, env.world_size)
+        self.per_rank, rest = divmod(spec.global_batch_size, env.dp_size)
         if rest or self.per_rank == 0:
-            raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of the world size "
-                                f"{env.world_size} (nodes x processes per node)")
+            replicas = "the world size" if env.context_parallel == 1 else "the data-parallel size (world / contextParallel)"
+            raise TrainingError(f"globalBatchSize {spec.global_batch_size} is not a multiple of {replicas} "
+                                f"{env.dp_size} (nodes x processes per node)")
         use_bf16 = spec.precision == "bf16" and env.device.type == "cuda"
         if spec.precision == "bf16" and not use_bf16 and env.is_main:
             log.info("precision bf16 asked, but no GPU: training in fp32 on CPU")
@@ -263,7 +269,10 @@ class Trainer:
             self._precompute()
         if self.precompute_only:
             return
-        self._build_model()
+        try:
+            self._build_model()
+        except ValueError as e:  # a model that does not fit the spec (heads for contextParallel, a foreign base)
+            raise TrainingError(str(e)) from None
         self.scratch = Path(tempfile.mkdtemp(prefix="polyvivid-train-"))
         self.checkpoints = Checkpoints(self.store, self.env, self.scratch, spec.keep_checkpoints)
         self._resume()
@@ -380,7 +389,7 @@ class Trainer:
         """Loader workers (spec.dataLoader) start reading this rank's samples of every step from self.start."""
         spec, requests = self.spec, []
         for step in range(self.start, spec.total_steps):
-            plan, first = plan_step(spec, step), step * spec.global_batch_size + self.env.rank * self.per_rank
+            plan, first = plan_step(spec, step), step * spec.global_batch_size + self.env.dp_rank * self.per_rank
             res = plan.resolution
             requests.append(StepRequest(step, (plan.stage_index, plan.low_res), tuple(range(first, first + self.per_rank)),
                                         res.frames, res.height, res.width, plan.stage.max_subjects))

@@ -27,7 +27,7 @@ def test_every_child_of_the_examples_validates_against_the_upstream_crds():
     assert result.returncode == 0, result.stderr
     children = list(yaml.safe_load_all(result.stdout))
     kinds = sorted(c["kind"] for c in children)
-    assert kinds == ["ConfigMap"] * 3 + ["PyTorchJob"] * 2 + ["RayJob"] + ["RayService"] * 2
+    assert kinds == ["ConfigMap"] * 4 + ["PyTorchJob"] * 3 + ["RayJob"] + ["RayService"] * 2
     for child in children:
         if child["kind"] != "ConfigMap":
             assert upstream_errors(child) == [], (child["kind"], child["metadata"]["name"])
@@ -90,6 +90,7 @@ def test_kubectl_apply_of_the_examples_is_reconciled(apiserver, kube, operator):
 
     listed = kubectl(apiserver, "get", "pvt", "-n", "ml", "-o", "name")  # short names from our CRDs
     assert listed.returncode == 0 and set(listed.stdout.split()) == {"polyvividtraining.polyvivid.io/demo",
-                                                                     "polyvividtraining.polyvivid.io/polyvivid"}
+                                                                     "polyvividtraining.polyvivid.io/polyvivid",
+                                                                     "polyvividtraining.polyvivid.io/polyvivid-720p"}
     again = kubectl(apiserver, "apply", "--validate=false", "-n", "ml", "-f", str(EXAMPLES / "training.yaml"))
     assert again.returncode == 0 and "unchanged" in again.stdout

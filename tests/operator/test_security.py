@@ -191,7 +191,8 @@ UPSTREAM_LIMITS = {"RayJob": 47, "RayService": 47, "PyTorchJob": 63 - len("-work
 
 
 def rendered(kind: str, name: str) -> list[dict]:
-    manifest = {"PolyVividTraining": lambda: training_manifest("s3://runs/t", name=name, resources={"nodes": 512}),
+    manifest = {"PolyVividTraining": lambda: training_manifest("s3://runs/t", name=name, resources={"nodes": 512},
+                                                               globalBatchSize=4096),
                 "CurationJob": lambda: curation_manifest("s3://d/c", name=name),
                 "PolyVividService": lambda: service_manifest(name=name)}[kind]()
     return render([manifest], "reg/pv:1", config=CONFIG)

@@ -64,7 +64,7 @@ def test_training_lifecycle_create_status_update_delete(kube, s3_bucket, operato
     assert running["status"]["precomputedInputs"] == f"{out}/precomputed/0123"
 
     # a spec change reaches the children (generation 2 observed)
-    kube.patch("PolyVividTraining", "demo", {"spec": {"resources": {"nodes": 2, "gpusPerNode": 2}}})
+    kube.patch("PolyVividTraining", "demo", {"spec": {"resources": {"nodes": 2, "gpusPerNode": 2}, "globalBatchSize": 4}})
     job = wait_for(lambda: (j := kube.get("PyTorchJob", "demo-train"))["spec"]["nprocPerNode"] == "2" and j)
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     wait_for(lambda: ready(kube.get("PolyVividTraining", "demo")).get("observedGeneration") == 2)

@@ -135,3 +135,38 @@ def test_the_operator_refuses_a_training_that_cannot_fit():
     with pytest.raises(InvalidSpec, match=r"^spec.resources.gpuMemoryGib: stage identity \(full 129x544x960\) needs an "
                                           r"estimated \d+\.\d GiB per GPU \(params 25\.48, .* of 80 GiB"):
         check_training(full_size(parallelism="ddp", precompute=False), OperatorConfig())
+    with pytest.raises(InvalidSpec, match=r"^spec.contextParallel: contextParallel 16 does not divide the model's 24 "):
+        check_training(full_size(nodes=4).model_copy(update={"context_parallel": 16}), OperatorConfig())
+    with pytest.raises(InvalidSpec, match=r"\(contextParallel 2 would fit\); see `polyvivid plan`$"):
+        check_training(full_size(height=720, width=1280), OperatorConfig())
+
+
+def test_context_parallel_splits_the_activations_and_the_examples_use_the_degree_that_fits(tmp_path):
+    from polyvivid.memory_plan import parallelism_refusal, smallest_context_parallel
+
+    whole = plan(full_size(height=720, width=1280))[-1]
+    split = plan(full_size(height=720, width=1280).model_copy(update={"context_parallel": 2}))[-1]
+    assert not whole.fits and split.fits and split.context_parallel == 2
+    assert split.activations_gib < 0.6 * whole.activations_gib  # half the tokens, plus the all-to-all buffers
+    assert split.params_gib == whole.params_gib  # FSDP2 shards over every rank either way
+    for name in ("training.yaml", "training-720p.yaml"):  # the full-size examples: the smallest degree that fits
+        spec = load_resource(yaml.safe_load((ROOT / "manifests" / "examples" / name).read_text()), PolyVividTraining).spec
+        assert spec.context_parallel == smallest_context_parallel(spec), name
+        assert all(row.fits for row in plan(spec)) and parallelism_refusal(spec) is None
+    assert smallest_context_parallel(full_size(height=720, width=1280)) == 2
+
+    assert parallelism_refusal(full_size().model_copy(update={"context_parallel": 5})) == \
+        "spec.contextParallel: contextParallel 5 does not divide the 8 GPUs (nodes x gpusPerNode)"
+    assert parallelism_refusal(full_size(nodes=4).model_copy(update={"context_parallel": 16})) == \
+        "spec.contextParallel: contextParallel 16 does not divide the model's 24 attention heads"
+    assert parallelism_refusal(full_size().model_copy(update={"global_batch_size": 10, "context_parallel": 2})) == \
+        "spec.globalBatchSize: 10 is not a multiple of the 4 data-parallel groups (8 GPUs / contextParallel 2)"
+    advice = polyvivid("plan", _write(tmp_path, full_size(height=720, width=1280)))
+    assert advice.returncode == 1 and advice.stdout.splitlines()[-1] == "does not fit; with contextParallel 2 it would"
+
+
+def _write(tmp_path, spec) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividTraining",
+                                    "metadata": {"name": "p"}, "spec": spec.model_dump(by_alias=True, exclude_none=True)}))
+    return str(path)
