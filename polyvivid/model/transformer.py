@@ -246,6 +246,15 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             sources[name] = plain
         return sources
 
+    def base_weights_from(self, source) -> dict[str, str]:
+        """base_weight_sources(), once `source` (a loading.SafetensorsDir) is known to hold nothing else: a
+        checkpoint with weights HunyuanVideo does not have is some other model."""
+        sources = self.base_weight_sources()
+        unknown = sorted(set(source.tensors) - set(sources.values()))
+        if unknown:
+            raise ValueError(f"{source.directory} has weights HunyuanVideo does not: {unknown[:3]}")
+        return sources
+
     def materialize_polyvivid_parameters(self, dtype: torch.dtype = torch.float32) -> set[str]:
         """On a model built on the meta device: PolyVivid's own parameters on the CPU in `dtype` (fp32, the
         master weights of what trains), initialised as a fresh model's (zero FCs, LoRA B = 0) from the
@@ -275,11 +284,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         nn.Module.to(model, dtype=torch_dtype)  # nn.Module's: diffusers' `to` warns about casts meta has no use for
         own = model.materialize_polyvivid_parameters(torch_dtype)
         materialize(model, "cpu", keep=own)
-        sources = model.base_weight_sources()
-        unknown = sorted(set(source.tensors) - set(sources.values()))
-        if unknown:
-            raise ValueError(f"{base_dir} has weights HunyuanVideo does not: {unknown[:3]}")
-        load_weights(model, source, sources)
+        load_weights(model, source, model.base_weights_from(source))
         return model
 
     # ----------------------------------------------------------------------------- forward

@@ -128,7 +128,7 @@ def build_transformer(spec: TrainingSpec, env: DistEnv, frozen_dtype: torch.dtyp
     if sharded:  # FSDP2 shards the meta model: each rank then allocates and reads only its own rows
         model = parallelize(transformer, spec.parallelism, env, frozen_dtype)
     materialize(transformer, env.device, keep=own)
-    load_weights(transformer, source, transformer.base_weight_sources())
+    load_weights(transformer, source, transformer.base_weights_from(source))
     if not sharded:
         model = parallelize(transformer, spec.parallelism, env, frozen_dtype)
     return transformer, model

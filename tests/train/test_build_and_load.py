@@ -142,3 +142,25 @@ def test_a_run_on_a_real_base_trains_the_same_under_ddp_and_fsdp2(base, synth_da
         assert state["status"] == "succeeded"
         losses[mode] = [row[1] for row in state["history"]]
     assert len(losses["ddp"]) == 2 and np.allclose(losses["ddp"], losses["fsdp"], atol=1e-4)
+
+
+def test_a_base_with_weights_hunyuanvideo_does_not_have_is_refused_by_both_builds(base, synth_dataset, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    hv, llava = base
+    other = tmp_path / "Other"
+    shutil.copytree(hv, other)
+    save_file({"vision_tower.proj.weight": torch.zeros(2, 2)}, other / "transformer" / "extra.safetensors")
+    index = other / "transformer" / "diffusion_pytorch_model.safetensors.index.json"
+    content = json.loads(index.read_text())
+    content["weight_map"]["vision_tower.proj.weight"] = "extra.safetensors"
+    index.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="has weights HunyuanVideo does not: \\['vision_tower.proj.weight'\\]"):
+        PolyVividTransformer.from_hunyuanvideo(other / "transformer", lora_rank=4)
+    spec = write_spec(tmp_path / "spec.yaml", training_manifest(
+        synth_dataset, str(tmp_path / "run"), steps=(1, 0), low_res=0, model={"hunyuanvideo": str(other), "llava": str(llava)}))
+    result = polyvivid("train", str(spec))  # the sharded build (meta, FSDP2 rows) checks it too
+    assert result.returncode == 2 and "has weights HunyuanVideo does not" in result.stderr
+    assert "Traceback" not in result.stderr
