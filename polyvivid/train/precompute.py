@@ -154,6 +154,8 @@ def precompute_inputs(spec: TrainingSpec, env: DistEnv, dataset: SubjectVideoDat
     mine = todo[env.rank::env.world_size]
     if env.is_main:
         log.info("precomputing %d of %d samples (%d ranks) into %s", len(todo), len(sizes), env.world_size, uri)
+        if todo and report:
+            report(len(sizes) - len(todo), len(sizes))
     if mine:
         pipe = build_encoders(spec, env.device, dtype)
         last_log = time.monotonic()

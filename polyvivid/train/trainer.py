@@ -285,7 +285,6 @@ class Trainer:
         def report(done: int, total: int) -> None:
             self.reporter.write(status="precomputing", precompute={"samples": total, "done": done})
 
-        report(0, 0)
         self.precomputed = precompute_inputs(self.spec, self.env, self.dataset, self.views, self.store.uri(""),
                                              self.frozen_dtype, report)
         for view in (self.dataset, *self.views.values()):
