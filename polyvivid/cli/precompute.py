@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import train
-from .options import int_in, output_uri
+from .options import int_in
 
 
 def register(subparsers) -> None:
@@ -24,13 +24,9 @@ def register(subparsers) -> None:
                     "finished configuration is reused. Under torchrun every rank encodes its share.",
         epilog="example: polyvivid precompute training.yaml --local --nproc 2 --output file:///tmp/run1",
     )
-    parser.add_argument("spec", help="PolyVividTraining YAML (spec.precompute optional: its defaults apply)")
-    parser.add_argument("--local", action="store_true", help="launch torchrun here with --nproc processes")
-    parser.add_argument("--nproc", type=int_in(1, 64), default=1, help="processes for --local, 1..64 (default 1)")
-    parser.add_argument("--output", type=output_uri, help="the training's output (file:// path or s3://), overriding "
-                        "spec.output; the encodings go under OUTPUT/precomputed unless spec.precompute.output says")
-    parser.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
-    parser.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
+    train.add_run_options(parser, "PolyVividTraining YAML (spec.precompute optional: its defaults apply)",
+                          "the training's output (file:// path or s3://), overriding spec.output; the encodings go "
+                          "under OUTPUT/precomputed unless spec.precompute.output says")
     # what `train` forwards to its --local workers; no metrics endpoint here (progress.json says how far it got)
     parser.add_argument("--metrics-addr", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int_in(0, 0), default=0, help=argparse.SUPPRESS)

@@ -19,17 +19,22 @@ def register(subparsers) -> None:
                     "checkpoint and stop). A run resumes from its newest good checkpoint.",
         epilog="example: polyvivid train training.yaml --local --nproc 2 --output file:///tmp/run1",
     )
-    train.add_argument("spec", help="PolyVividTraining YAML")
-    train.add_argument("--local", action="store_true", help="launch torchrun here with --nproc processes")
-    train.add_argument("--nproc", type=int_in(1, 64), default=1, help="processes for --local, 1..64 (default 1)")
-    train.add_argument("--output", type=output_uri, help="where artifacts go (file:// path or s3://), overriding spec.output")
-    train.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
-    train.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
+    add_run_options(train, "PolyVividTraining YAML", "where artifacts go (file:// path or s3://), overriding spec.output")
     train.add_argument("--metrics-addr", default="127.0.0.1",
                        help="address of rank 0's Prometheus endpoint (default 127.0.0.1; in a pod, 0.0.0.0 so that "
                             "Prometheus can scrape it: the operator passes that)")
     train.add_argument("--metrics-port", type=int_in(0, 65535), help="port of rank 0's Prometheus endpoint (0: off)")
     train.set_defaults(run=run)
+
+
+def add_run_options(parser, spec_help: str, output_help: str) -> None:
+    """SPEC and the options `train` and `precompute` share: where it runs and what it overrides."""
+    parser.add_argument("spec", help=spec_help)
+    parser.add_argument("--local", action="store_true", help="launch torchrun here with --nproc processes")
+    parser.add_argument("--nproc", type=int_in(1, 64), default=1, help="processes for --local, 1..64 (default 1)")
+    parser.add_argument("--output", type=output_uri, help=output_help)
+    parser.add_argument("--store", metavar="ENDPOINT", help="S3 endpoint, overriding spec.storage.endpoint")
+    parser.add_argument("--dataset", help="dataset URI, overriding spec.dataset")
 
 
 def _load_training(args):
