@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..model.options import PresetName
+from ..model.options import AttentionBackend, PresetName
 from .common import (API_VERSION, MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, ApiModel, ObjectMeta,
                      SchedulingSpec, StorageSpec, WorkerShape)
 
@@ -65,6 +65,20 @@ class GenerationDefaults(ApiModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
+class InferenceMemory(ApiModel):
+    """Where a replica keeps what while it generates (PolyVividPipeline.place). The defaults fit a 720p x
+    129-frame request in 80 GiB with HunyuanVideo 13B + LLaVA 8B."""
+    vae_tiling: bool = Field(True, description="decode (and encode) in tiles: 3.6 GB instead of 37 GB at 720p")
+    offload_encoders: bool = Field(True, description="keep LLaVA and CLIP in host memory, on the GPU only while a "
+                                   "request's prompt and subjects are encoded (16 GiB off the GPU while denoising)")
+    fp8_weights: bool = Field(False, description="store the transformer's weights in float8 (e4m3), computing in "
+                              "bf16 (diffusers layerwise casting): half the weight memory, for smaller GPUs")
+    group_offload: bool = Field(False, description="keep the transformer's blocks in host memory and bring each to "
+                                "the GPU as it runs (diffusers group offloading): slower, for the smallest GPUs")
+    attention_backend: AttentionBackend | None = Field(None, description="diffusers attention backend (default: "
+                                                       "PyTorch's scaled_dot_product_attention, 'native')")
+
+
 class TokenSecretRef(ApiModel):
     name: str = Field(min_length=1)
     key: str = Field("token", min_length=1)
@@ -75,6 +89,7 @@ class ServiceSpec(ApiModel):
     replicas: Replicas = Field(default_factory=Replicas)
     limits: Limits = Field(default_factory=Limits)
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    memory: InferenceMemory = Field(default_factory=InferenceMemory)
     output: str = Field(min_length=1, description="URI where job records and videos go (jobs/ID/...)")
     api_token_secret_ref: TokenSecretRef | None = Field(None, description="Secret with a bearer token for /v1")
     allow_unauthenticated: bool = Field(False, description="serve /v1 with no token: anyone who reaches the port "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..api.common import MAX_FRAMES, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS
 from ..model.options import PRESET_NAMES, SMOKE_PRESET
 from .options import (FRAMES, GUIDANCE, SEED, SIDE, STEPS, UsageError, add_prompt_and_subjects,
@@ -40,7 +42,10 @@ def register(subparsers) -> None:
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                      help="model precision (default: bfloat16 on cuda, float32 on cpu)")
-    gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory at high resolution")
+    gen.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
+                     help="decode in tiles to save memory at high resolution (default on)")
+    gen.add_argument("--offload-encoders", action=argparse.BooleanOptionalAction, default=True,
+                     help="keep LLaVA and CLIP in host memory except while encoding (default on; GPU only)")
     gen.add_argument("--output", type=output_uri, required=True, help="the mp4 to write: a path or s3:// URI")
     gen.set_defaults(run=run)
 
@@ -84,11 +89,9 @@ def run(args) -> int:
         pipe = PolyVividPipeline.from_preset(preset) if preset else load_pipeline(args.model, torch_dtype=dtype)
     except (OSError, StorageError, ValueError) as e:  # missing, unreachable, damaged (DamagedModel)
         raise UsageError(f"model: {e}") from None
-    pipe.to(device=device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
-    if args.vae_tiling:
-        pipe.enable_vae_tiling()
+    pipe.place(device, vae_tiling=args.vae_tiling, offload_encoders=args.offload_encoders)
     try:
         frames = pipe(args.prompt, subjects, num_frames=args.num_frames, height=args.height, width=args.width,
                       num_inference_steps=args.steps, guidance_scale=args.guidance, true_cfg_scale=args.true_cfg,

@@ -24,12 +24,13 @@ class GenerationSettings:
 
 def load_generator(model: str, base: str | None = None, device: torch.device | None = None):
     """The pipeline at `model` (weights, checkpoint or preset) on `device` (default: a GPU if there is
-    one), bf16 on a GPU, its per-step progress bar off (generate_case_videos shows one per video)."""
+    one), bf16 on a GPU, placed as a service places it by default (VAE tiling on, LLaVA and CLIP off the GPU
+    between prompts), its per-step progress bar off (generate_case_videos shows one per video)."""
     from ..model.pipeline import load_pipeline
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(model, torch_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, base=base)
-    pipe.to(device=device)
+    pipe.place(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

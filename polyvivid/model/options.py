@@ -33,7 +33,13 @@ TRANSFORMER_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "
 SPEC_TRANSFORMER_OPTIONS = ("injection", "use_interaction", "use_interaction_rope", "use_llava_fusion",
                             "interaction_block")
 
+# diffusers attention backends a service may choose (attention_dispatch.AttentionBackendName), without the
+# "*_hub" ones, which download kernels from the Hugging Face Hub when first used.
+ATTENTION_BACKENDS = ("native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math", "flash",
+                      "_flash_3", "sage", "xformers", "flex")
+
 # pydantic enums built from the tuples above (Literal of a tuple is the Literal of its items).
 InjectionName = Literal[INJECTION_STRATEGIES]  # type: ignore[valid-type]
 TrainableGroup = Literal[TRAINABLE_GROUPS]  # type: ignore[valid-type]
 PresetName = Literal[PRESET_NAMES]  # type: ignore[valid-type]
+AttentionBackend = Literal[ATTENTION_BACKENDS]  # type: ignore[valid-type]

@@ -137,6 +137,69 @@ class PolyVividPipeline(DiffusionPipeline):
             tokenizer_2=AutoTokenizer.from_pretrained(d / "tokenizer_2"),
         )
 
+    # ------------------------------------------------------------------ placement
+    def place(self, device: str | torch.device, vae_tiling: bool = True, offload_encoders: bool = True,
+              fp8_weights: bool = False, group_offload: bool = False, attention_backend: str | None = None) -> None:
+        """Put the pipeline on `device` for generation (api.service.InferenceMemory says what each option saves):
+        the VAE there, tiled; LLaVA and CLIP there, or in host memory and on the device only while encoding
+        (offload_encoders; nothing moves when `device` is the CPU); the transformer there, its weights stored
+        in float8 (fp8_weights), or kept in host memory block by block (group_offload); and the attention
+        backend every attention of a generation uses."""
+        device = torch.device(device)
+        self.execution_device = device
+        self.compute_dtype = self.transformer.dtype
+        self.vae.to(device)
+        if vae_tiling:
+            self.enable_vae_tiling()
+        self.encoders_offloaded = offload_encoders and device.type != "cpu"
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            encoder.to("cpu" if self.encoders_offloaded else device)
+        if attention_backend is not None:
+            from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+            _check_attention_backend_requirements(AttentionBackendName(attention_backend))  # its package is there
+        self.attention_backend = attention_backend
+        if fp8_weights:
+            self.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=self.compute_dtype)
+        if group_offload:
+            self.transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                                  offload_type="block_level", num_blocks_per_group=1,
+                                                  use_stream=device.type == "cuda")
+        else:
+            self.transformer.to(device)
+
+    def _device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where generation computes, in what dtype: place()'s, else the transformer's own."""
+        return (getattr(self, "execution_device", None) or self.transformer.device,
+                getattr(self, "compute_dtype", None) or self.transformer.dtype)
+
+    def _encoders_on_device(self):
+        """A context in which LLaVA and CLIP are on the execution device (moved there and back when offloaded)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def moved():
+            device, _ = self._device_and_dtype()
+            for encoder in (self.text_encoder, self.text_encoder_2):
+                encoder.to(device)
+            try:
+                yield
+            finally:
+                for encoder in (self.text_encoder, self.text_encoder_2):
+                    encoder.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+        return moved() if getattr(self, "encoders_offloaded", False) else contextlib.nullcontext()
+
+    def _attention(self):
+        import contextlib
+
+        from diffusers.models.attention_dispatch import attention_backend
+
+        name = getattr(self, "attention_backend", None)
+        return attention_backend(name) if name else contextlib.nullcontext()
+
     def save_polyvivid(self, directory: str | Path, base: dict[str, Any]) -> Path:
         """PolyVivid's own weights plus a card saying which base they go on: a small artifact.
 
@@ -191,10 +254,11 @@ class PolyVividPipeline(DiffusionPipeline):
         subjects = list(subjects)
         validate_request(prompt, [w for w, _ in subjects], num_frames, height, width, cfg.max_subjects,
                          self.vae_scale_spatial * cfg.patch_size)
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = self._device_and_dtype()
 
-        cond = self.encode_conditions(prompt, subjects)
-        uncond = self.encode_conditions(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
+        with self._encoders_on_device():
+            cond = self.encode_conditions(prompt, subjects)
+            uncond = self.encode_conditions(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
 
         latent_frames = (num_frames - 1) // self.vae_scale_temporal + 1
         shape = (1, cfg.in_channels, latent_frames, height // self.vae_scale_spatial, width // self.vae_scale_spatial)
@@ -204,7 +268,7 @@ class PolyVividPipeline(DiffusionPipeline):
         guidance = torch.tensor([guidance_scale * 1000.0], device=device, dtype=dtype) if cfg.guidance_embeds else None
 
         timesteps = self.scheduler.timesteps
-        with self.progress_bar(total=len(timesteps)) as progress:
+        with self.progress_bar(total=len(timesteps)) as progress, self._attention():
             for i, t in enumerate(timesteps):
                 timestep = t.expand(1).float()  # fp32, as diffusers: in bf16, 995.1 would be 996
                 noise_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, guidance=guidance,
@@ -230,7 +294,8 @@ class PolyVividPipeline(DiffusionPipeline):
         """The transformer's conditioning inputs for one prompt and its subjects, on `device` in `dtype` (default:
         the transformer's). subject_latents: encode_subjects' result when the caller already has it."""
         cfg = self.transformer.config
-        device, dtype = device or self.transformer.device, dtype or self.transformer.dtype
+        default_device, default_dtype = self._device_and_dtype()
+        device, dtype = device or default_device, dtype or default_dtype
         fusion = TextImageFusion(self.text_encoder, self.tokenizer, self.image_processor, self.fusion_separator)
         fused = fusion.encode(prompt, subjects, with_images=cfg.use_llava_fusion)
         cond = dict(

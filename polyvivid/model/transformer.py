@@ -375,6 +375,8 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         sharding = self.sequence_sharding
         if sharding is not None:  # this rank's chunk of the video and text tokens, the mask in exchange order
             video, video_rope, text, attention_mask = sharding.shard(video, video_rope, text, video_mask, text_mask)
+        elif bool(attention_mask.all()):  # nothing padded: no mask, so that flash attention kernels can run
+            attention_mask = None
 
         for i, block in enumerate(self.transformer_blocks):
             if self.identity_injection is not None:

@@ -76,7 +76,7 @@ class Generator:
         if self.device == "cpu":  # Ray sets no thread limit; take what the replica reserved
             torch.set_num_threads(max(1, int(spec.replicas.cpus_per_replica)))
         self.pipe = load_pipeline(self.model_ref, torch_dtype=dtype, base=spec.model.base_model)
-        self.pipe.to(device=self.device)
+        self.pipe.place(self.device, **spec.memory.model_dump())
         self.pipe.set_progress_bar_config(disable=True)  # progress goes to the job record instead
         self.generated = Counter(SERVING["generated"].name, SERVING["generated"].help)
         self.seconds = Histogram(SERVING["seconds"].name, SERVING["seconds"].help,
