@@ -340,6 +340,39 @@ def context_parallel(args) -> dict:
             "max_grad_diff": r["max_grad_diff"], "pass": r["max_grad_diff"] < 1e-4}
 
 
+def step_cache(args) -> dict:
+    """Seconds per video of the tiny pipeline with the first-block step cache (model/step_cache.py) against
+    without it, in this process, and how far the frames move (mean absolute pixel difference, 0-255). The
+    tiny preset's random weights change a lot from step to step, so its threshold is high (0.3) to make
+    steps skip; the identity score of a cached video on the learn-check model is not measured yet."""
+    import numpy as np
+
+    from polyvivid.model.pipeline import PolyVividPipeline
+    from polyvivid.samples import draw_subject
+
+    pipe = PolyVividPipeline.from_preset("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    subjects = [(w, draw_subject(w)) for w in ("man", "guitar")]
+    threshold, times, frames, skipped = 0.3, {"off": [], "on": []}, {}, 0
+    for rep in range(args.repeats + 1):  # alternating, the first round warms up
+        for name, value in (("off", 0.0), ("on", threshold)):
+            start = time.perf_counter()
+            frames[name] = pipe("A man plays the guitar", subjects, num_frames=9, height=128, width=128,
+                                num_inference_steps=30, generator=torch.Generator().manual_seed(0),
+                                step_cache_threshold=value)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+            if value:
+                skipped = pipe.last_step_cache.skipped
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {"name": "step_cache", "device": f"cpu x{torch.get_num_threads()}", "shape": "tiny preset, 9x128x128, 30 steps",
+            "threshold": threshold, "steps_skipped": skipped,
+            "seconds_per_video": {"no_cache": round(off, 3), "first_block_cache": round(on, 3)},
+            "ratio": {"no_cache/first_block_cache": round(off / on, 3)},
+            "mean_abs_pixel_change": round(float(np.abs(frames["on"].astype(int) - frames["off"].astype(int)).mean()), 3),
+            "identity_change_on_learn_check_model": None}
+
+
 def curate(args) -> dict:
     """Clips per second through the whole curation pipeline on local Ray with the tiny models
     (8 raw videos of two shots each, with caption files), against the split+filter stage alone."""
@@ -586,7 +619,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, context_parallel, "
-                             "curate, clique, serve, operator)")
+                             "step_cache, curate, clique, serve, operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -603,7 +636,7 @@ def main(argv=None) -> int:
     parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
     benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "plan": plan,
-                  "context_parallel": context_parallel, "curate": curate,
+                  "context_parallel": context_parallel, "step_cache": step_cache, "curate": curate,
                   "clique": clique,
                   "serve": serve, "operator": operator}
     for name, fn in benchmarks.items():

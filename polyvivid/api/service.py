@@ -63,6 +63,10 @@ class GenerationDefaults(ApiModel):
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     guidance: float = Field(6.0, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    step_cache_threshold: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="skip the blocks after "
+                                        "the first on steps where the first block's output changed by less than "
+                                        "this, relatively (first-block cache); 0 runs every block. A request may "
+                                        "set its own (stepCacheThreshold)")
 
 
 class InferenceMemory(ApiModel):

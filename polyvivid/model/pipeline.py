@@ -32,6 +32,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from .fusion import END_OF_TURN, TextImageFusion, encode_subject_images, square_subject_image
 from .options import TRANSFORMER_OPTIONS
 from .presets import get_preset
+from .step_cache import StepCache
 from .request import InvalidRequest, validate_request  # noqa: F401  (re-exported)
 from .transformer import POLYVIVID_WEIGHTS, PolyVividTransformer
 
@@ -192,6 +193,19 @@ class PolyVividPipeline(DiffusionPipeline):
 
         return moved() if getattr(self, "encoders_offloaded", False) else contextlib.nullcontext()
 
+    def _step_cache_cleared(self):
+        """A context that takes the generation's step cache off the transformer when it ends, however."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def cleared():
+            try:
+                yield
+            finally:
+                self.transformer.step_cache = None
+
+        return cleared()
+
     def _attention(self):
         import contextlib
 
@@ -243,12 +257,15 @@ class PolyVividPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "np",
         callback: Callable[[int, int], None] | None = None,
+        step_cache_threshold: float = 0.0,
     ) -> np.ndarray | torch.Tensor:
         """Returns frames [F, H, W, 3] uint8 (output_type "np") or the latents ("latent").
 
         guidance_scale feeds HunyuanVideo's embedded (distilled) guidance; true_cfg_scale > 1 adds
         classifier-free guidance against `negative_prompt` without subjects (two passes per step).
         callback(step, total) runs after every denoising step (progress reporting).
+        step_cache_threshold > 0 skips the blocks after the first on steps where the first block's residual
+        changed by less than that, relatively (model/step_cache.py); self.last_step_cache says how many.
         """
         cfg = self.transformer.config
         subjects = list(subjects)
@@ -268,7 +285,9 @@ class PolyVividPipeline(DiffusionPipeline):
         guidance = torch.tensor([guidance_scale * 1000.0], device=device, dtype=dtype) if cfg.guidance_embeds else None
 
         timesteps = self.scheduler.timesteps
-        with self.progress_bar(total=len(timesteps)) as progress, self._attention():
+        self.last_step_cache = self.transformer.step_cache = (StepCache(step_cache_threshold) if step_cache_threshold > 0
+                                                              else None)
+        with self.progress_bar(total=len(timesteps)) as progress, self._attention(), self._step_cache_cleared():
             for i, t in enumerate(timesteps):
                 timestep = t.expand(1).float()  # fp32, as diffusers: in bf16, 995.1 would be 996
                 noise_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, guidance=guidance,

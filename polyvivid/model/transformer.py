@@ -99,6 +99,7 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
                 self.transformer_blocks[interaction_block].attn.set_processor(InteractionAttnProcessor())
 
         self.sequence_sharding = None  # context parallelism's (train/context_parallel.py): None runs whole
+        self.step_cache = None  # a generation's StepCache (model/step_cache.py): None runs every block
         self.identity_injection = None
         if self.injection_strategy.per_block:
             self.identity_injection = nn.ModuleList(self.injection_strategy.build(block, self.config)
@@ -378,12 +379,27 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         elif bool(attention_mask.all()):  # nothing padded: no mask, so that flash attention kernels can run
             attention_mask = None
 
-        for i, block in enumerate(self.transformer_blocks):
+        def double(i, video, text):
             if self.identity_injection is not None:
-                video = self._run(self.identity_injection[i], video, subjects, subject_token_mask, block)
-            video, text = self._run(block, video, text, temb, attention_mask, video_rope)
-        for block in self.single_transformer_blocks:
-            video, text = self._run(block, video, text, temb, attention_mask, video_rope)
+                video = self._run(self.identity_injection[i], video, subjects, subject_token_mask, self.transformer_blocks[i])
+            return self._run(self.transformer_blocks[i], video, text, temb, attention_mask, video_rope)
+
+        cache = self.step_cache if not torch.is_grad_enabled() else None  # sampling only (model/step_cache.py)
+        if cache is not None and sharding is not None:
+            raise ValueError("step caching and context parallelism do not go together yet")
+        start = video
+        video, text = double(0, video, text)
+        first_residual = video - start if cache is not None else None
+        if cache is not None and cache.can_skip(first_residual):
+            video = video + cache.rest_residual
+        else:
+            after_first = video
+            for i in range(1, len(self.transformer_blocks)):
+                video, text = double(i, video, text)
+            for block in self.single_transformer_blocks:
+                video, text = self._run(block, video, text, temb, attention_mask, video_rope)
+            if cache is not None:
+                cache.store(first_residual, video - after_first)
 
         if sharding is None:
             video = self.proj_out(self.norm_out(video[:, :n_video], temb))

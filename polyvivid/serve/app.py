@@ -137,7 +137,8 @@ class Generator:
         try:
             frames = self.pipe(req.prompt, subjects, num_frames=req.num_frames, height=req.height,
                                width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
-                               generator=torch.Generator().manual_seed(req.seed), callback=on_step)
+                               generator=torch.Generator().manual_seed(req.seed), callback=on_step,
+                               step_cache_threshold=req.step_cache_threshold)
             video = encode_mp4(frames, fps=FPS)
             with_retries(jobs.store.write_bytes, jobs.video_key(job_id), video, within_s=RECORD_WITHIN_S,
                          what=f"store the video of job {job_id}")

@@ -59,6 +59,7 @@ class JobSettings(_Record):
     steps: int
     guidance: float
     seed: int
+    step_cache_threshold: float = 0.0  # records written before step caching have none
 
 
 class JobRecord(_Record):

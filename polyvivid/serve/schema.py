@@ -80,6 +80,8 @@ class VideoRequest(_Body):
     steps: int | None = None
     guidance: float | None = Field(None, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    step_cache_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                               description="first-block cache threshold (0: off); default the service's")
 
 
 class JobAccepted(BaseModel):
@@ -119,11 +121,12 @@ class Generation:
     steps: int
     guidance: float
     seed: int
+    step_cache_threshold: float = 0.0
 
     def settings(self) -> dict:
         return {"prompt": self.prompt, "subjects": [s.name for s in self.subjects], "num_frames": self.num_frames,
                 "height": self.height, "width": self.width, "steps": self.steps, "guidance": self.guidance,
-                "seed": self.seed}
+                "seed": self.seed, "step_cache_threshold": self.step_cache_threshold}
 
 
 def parse_body(raw: bytes) -> VideoRequest:
@@ -184,4 +187,5 @@ def check_request(req: VideoRequest, limits: Limits, defaults: GenerationDefault
     subjects = tuple(Subject(s.name.strip(), *check_image(s.image, f"subjects[{i}].image"))
                      for i, s in enumerate(req.subjects))
     chosen_seed = req.seed if req.seed is not None else (defaults.seed if defaults.seed is not None else seed)
-    return Generation(prompt=req.prompt, subjects=subjects, guidance=float(guidance), seed=chosen_seed, **gen)
+    return Generation(prompt=req.prompt, subjects=subjects, guidance=float(guidance), seed=chosen_seed,
+                      step_cache_threshold=float(given(req.step_cache_threshold, defaults.step_cache_threshold)), **gen)

@@ -40,6 +40,11 @@ def test_defaults_fill_what_is_left_out_and_images_keep_their_bytes():
     assert gen.subjects[0].image == base64.b64decode(body()["subjects"][0]["image"])
     gen = check(body(num_frames=17, height=64, width=16, steps=8, guidance=0, seed=3))
     assert (gen.num_frames, gen.height, gen.width, gen.steps, gen.guidance, gen.seed) == (17, 64, 16, 8, 0.0, 3)
+    assert gen.step_cache_threshold == 0.0 and gen.settings()["step_cache_threshold"] == 0.0  # the service's default
+    assert check(body(step_cache_threshold=0.1)).step_cache_threshold == 0.1
+    cached = check_request(parse_body(json.dumps(body()).encode()), LIMITS,
+                           DEFAULTS.model_copy(update={"step_cache_threshold": 0.05}), seed=7)
+    assert cached.step_cache_threshold == 0.05
 
 
 BAD = [
@@ -73,6 +78,7 @@ BAD = [
     ("guidance out of range", {"guidance": 100.0}, 422, "out_of_limits", "guidance"),
     ("negative seed", {"seed": -1}, 422, "invalid_request", "seed"),
     ("frames as a string", {"num_frames": "9"}, 422, "invalid_request", "num_frames"),
+    ("step cache threshold over 1", {"step_cache_threshold": 2.0}, 422, "invalid_request", "step_cache_threshold"),
 ]
 
 
