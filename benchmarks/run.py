@@ -373,6 +373,38 @@ def step_cache(args) -> dict:
             "identity_change_on_learn_check_model": None}
 
 
+def encoding_cache(args) -> dict:
+    """What a repeated request saves with the encoding cache (model/encoding_cache.py): seconds to get the
+    conditioning inputs of a prompt with 2 subjects on a miss (LLaVA, CLIP and the VAE run) and on a hit,
+    on the tiny preset in this process. The whole generation is the baseline (8 steps, 9x128x128)."""
+    from polyvivid.model.encoding_cache import encoding_key
+    from polyvivid.model.pipeline import PolyVividPipeline
+    from polyvivid.samples import draw_subject
+
+    pipe = PolyVividPipeline.from_preset("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.place("cpu", encoding_cache_entries=8)
+    prompt, subjects = "A man plays the guitar", [(w, draw_subject(w)) for w in ("man", "guitar")]
+    miss, hit, whole = [], [], []
+    for rep in range(args.repeats + 1):
+        pipe.encoding_cache.entries.clear()
+        start = time.perf_counter()
+        pipe._conditions(prompt, subjects)
+        miss.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pipe._conditions(prompt, subjects)
+        hit.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pipe(prompt, subjects, num_frames=9, height=128, width=128, num_inference_steps=8,
+             generator=torch.Generator().manual_seed(0))
+        whole.append(time.perf_counter() - start)
+    m, h, w = (statistics.median(x[1:]) for x in (miss, hit, whole))
+    assert encoding_key(prompt, subjects) in pipe.encoding_cache.entries
+    return {"name": "encoding_cache", "device": f"cpu x{torch.get_num_threads()}", "shape": "tiny preset, 2 subjects",
+            "seconds": {"encode_miss": round(m, 4), "encode_hit": round(h, 5), "generation_8_steps": round(w, 3)},
+            "ratio": {"miss/hit": round(m / h, 1), "saved/generation": round((m - h) / w, 3)}}
+
+
 def curate(args) -> dict:
     """Clips per second through the whole curation pipeline on local Ray with the tiny models
     (8 raw videos of two shots each, with caption files), against the split+filter stage alone."""
@@ -619,7 +651,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, context_parallel, "
-                             "step_cache, curate, clique, serve, operator)")
+                             "step_cache, encoding_cache, curate, clique, serve, operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -636,7 +668,8 @@ def main(argv=None) -> int:
     parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
     benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "plan": plan,
-                  "context_parallel": context_parallel, "step_cache": step_cache, "curate": curate,
+                  "context_parallel": context_parallel, "step_cache": step_cache,
+                  "encoding_cache": encoding_cache, "curate": curate,
                   "clique": clique,
                   "serve": serve, "operator": operator}
     for name, fn in benchmarks.items():

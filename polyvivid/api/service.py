@@ -81,6 +81,9 @@ class InferenceMemory(ApiModel):
                                 "the GPU as it runs (diffusers group offloading): slower, for the smallest GPUs")
     attention_backend: AttentionBackend | None = Field(None, description="diffusers attention backend (default: "
                                                        "PyTorch's scaled_dot_product_attention, 'native')")
+    encoding_cache_entries: int = Field(32, ge=0, le=4096, description="requests whose encodings (LLaVA, CLIP, "
+                                        "the subjects' latents) a replica keeps in host memory: the same prompt and "
+                                        "subjects again skip the encoders; 0 keeps none")
 
 
 class TokenSecretRef(ApiModel):

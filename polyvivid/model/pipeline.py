@@ -32,6 +32,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from .fusion import END_OF_TURN, TextImageFusion, encode_subject_images, square_subject_image
 from .options import TRANSFORMER_OPTIONS
 from .presets import get_preset
+from .encoding_cache import EncodingCache, encoding_key
 from .step_cache import StepCache
 from .request import InvalidRequest, validate_request  # noqa: F401  (re-exported)
 from .transformer import POLYVIVID_WEIGHTS, PolyVividTransformer
@@ -140,13 +141,16 @@ class PolyVividPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ placement
     def place(self, device: str | torch.device, vae_tiling: bool = True, offload_encoders: bool = True,
-              fp8_weights: bool = False, group_offload: bool = False, attention_backend: str | None = None) -> None:
+              fp8_weights: bool = False, group_offload: bool = False, attention_backend: str | None = None,
+              encoding_cache_entries: int = 0) -> None:
         """Put the pipeline on `device` for generation (api.service.InferenceMemory says what each option saves):
         the VAE there, tiled; LLaVA and CLIP there, or in host memory and on the device only while encoding
         (offload_encoders; nothing moves when `device` is the CPU); the transformer there, its weights stored
         in float8 (fp8_weights), or kept in host memory block by block (group_offload); and the attention
-        backend every attention of a generation uses."""
+        backend every attention of a generation uses; encoding_cache_entries > 0 keeps that many requests'
+        encodings (model/encoding_cache.py)."""
         device = torch.device(device)
+        self.encoding_cache = EncodingCache(encoding_cache_entries) if encoding_cache_entries else None
         self.execution_device = device
         self.compute_dtype = self.transformer.dtype
         self.vae.to(device)
@@ -192,6 +196,18 @@ class PolyVividPipeline(DiffusionPipeline):
                     torch.cuda.empty_cache()
 
         return moved() if getattr(self, "encoders_offloaded", False) else contextlib.nullcontext()
+
+    def _conditions(self, prompt: str, subjects: list[tuple[str, Image.Image]]) -> dict[str, torch.Tensor]:
+        """encode_conditions, through the encoding cache when place() gave the pipeline one."""
+        cache = getattr(self, "encoding_cache", None)
+        key = encoding_key(prompt, subjects) if cache is not None else None
+        cond = cache.get(key, self._device_and_dtype()[0]) if cache is not None else None
+        if cond is None:
+            with self._encoders_on_device():
+                cond = self.encode_conditions(prompt, subjects)
+            if cache is not None:
+                cache.put(key, cond)
+        return cond
 
     def _step_cache_cleared(self):
         """A context that takes the generation's step cache off the transformer when it ends, however."""
@@ -273,9 +289,8 @@ class PolyVividPipeline(DiffusionPipeline):
                          self.vae_scale_spatial * cfg.patch_size)
         device, dtype = self._device_and_dtype()
 
-        with self._encoders_on_device():
-            cond = self.encode_conditions(prompt, subjects)
-            uncond = self.encode_conditions(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
+        cond = self._conditions(prompt, subjects)
+        uncond = self._conditions(negative_prompt or " ", []) if true_cfg_scale > 1.0 else None
 
         latent_frames = (num_frames - 1) // self.vae_scale_temporal + 1
         shape = (1, cfg.in_channels, latent_frames, height // self.vae_scale_spatial, width // self.vae_scale_spatial)

@@ -24,7 +24,8 @@ def placed(**options) -> PolyVividPipeline:
 
 def test_the_defaults_tile_the_vae_and_change_nothing_else():
     assert InferenceMemory().model_dump() == {"vae_tiling": True, "offload_encoders": True, "fp8_weights": False,
-                                              "group_offload": False, "attention_backend": None}
+                                              "group_offload": False, "attention_backend": None,
+                                              "encoding_cache_entries": 32}
     pipe = placed(**InferenceMemory().model_dump())
     assert pipe.vae.use_tiling and pipe.text_encoder.device.type == "cpu"
     assert np.array_equal(generate(pipe), generate(placed(vae_tiling=False, offload_encoders=False)))
@@ -76,3 +77,22 @@ def test_no_attention_mask_reaches_the_blocks_when_nothing_is_padded():
     forward(torch.ones(1, len(text_pos), dtype=torch.long))
     forward(torch.tensor([[1] * (len(text_pos) - 2) + [0, 0]]))
     assert seen[0] is None and seen[1] is not None and not bool(seen[1].all())
+
+
+def test_the_encoding_cache_skips_the_encoders_for_a_request_seen_before_and_stays_bounded():
+    pipe = placed(encoding_cache_entries=2)
+    reference = generate(placed())
+    calls = []
+    pipe.text_encoder.register_forward_pre_hook(lambda module, args: calls.append(1))
+    assert np.array_equal(generate(pipe), reference)  # a miss: encoded, and kept
+    encoded = len(calls)
+    assert encoded > 0 and (pipe.encoding_cache.hits, pipe.encoding_cache.misses) == (0, 1)
+    assert np.array_equal(generate(pipe, seed=0), reference)  # a hit: the same video, LLaVA not run
+    assert len(calls) == encoded and pipe.encoding_cache.hits == 1
+    from polyvivid.samples import draw_subject
+
+    other = pipe("A man plays the guitar", [("man", draw_subject("woman")), ("guitar", draw_subject("guitar"))],
+                 num_frames=9, height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert len(calls) > encoded and not np.array_equal(other, reference)  # another image is another key
+    pipe("A man plays", [("man", draw_subject("man"))], num_frames=9, height=64, width=64, num_inference_steps=1)
+    assert len(pipe.encoding_cache.entries) == 2  # the oldest left
