@@ -51,11 +51,12 @@ def run(args) -> int:
         with tqdm(total=100, desc="generating", unit="%") as bar:
             def show(status):
                 bar.set_postfix_str(status["status"])
-                bar.update(round(100 * status["progress"]) - bar.n)
+                bar.update(status["progress"] - bar.n)  # percent
 
             final = client.wait(job["id"], timeout_s=args.timeout, on_progress=show)
-        if final["status"] != "succeeded":
-            raise UsageError(f"job {job['id']} {final['status']}: {final.get('error') or ''}".rstrip(": "))
+        if final["status"] != "completed":
+            why = (final.get("error") or {}).get("message") or ""
+            raise UsageError(f"job {job['id']} {final['status']}: {why}".rstrip(": "))
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_bytes(client.download(job["id"]))
     except ApiError as e:

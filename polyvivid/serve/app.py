@@ -38,7 +38,7 @@ from ..storage import ObjectNotFound, S3Store, StorageError, open_store, with_re
 from ..telemetry import SERVING
 from .config import TOKEN_ENV
 from .jobs import RECORD_WITHIN_S, JobNotFound, JobRecord, JobStore
-from .schema import (JobAccepted, JobView, RequestRejected, VideoRequest, check_request, error_responses,
+from .schema import (JobView, RequestRejected, VideoDeleted, VideoList, VideoRequest, check_request, error_responses, job_view,
                      parse_body)
 
 log = logging.getLogger("polyvivid.serve")
@@ -373,8 +373,10 @@ class Ingress:
 
     async def _body(self, request: Request) -> bytes:
         limit = self.spec.limits.max_request_bytes
-        if "application/json" not in request.headers.get("content-type", ""):
-            raise RequestRejected(415, "unsupported_media_type", "send the request as application/json")
+        content_type = request.headers.get("content-type", "")
+        if "application/json" not in content_type and not content_type.startswith("multipart/form-data"):
+            raise RequestRejected(415, "unsupported_media_type", "send the request as application/json or "
+                                  "multipart/form-data")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestRejected(413, "request_too_large", f"request body of {declared} bytes; at most {limit}")
@@ -397,15 +399,14 @@ class Ingress:
             key = self.jobs.video_key(record.id)
             url = self.jobs.store.url(key) if isinstance(self.jobs.store, S3Store) else \
                 str(request.url_for("video_content", job_id=record.id))
-        return JobView(id=record.id, status=record.status, progress=record.progress, error=record.error,
-                       video_url=url, created_at=record.created_at, started_at=record.started_at,
-                       finished_at=record.finished_at).model_dump()
+        return job_view(record, url)
 
     # -- routes -------------------------------------------------------------------------------
 
-    @api.post("/v1/videos", status_code=202, response_model=JobAccepted,
+    @api.post("/v1/videos", status_code=202, response_model=JobView,
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}}}}},
+                  "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}},
+                  "multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoRequest"}}}}},
               responses=error_responses(400, 401, 413, 415, 422, 429, 503))
     async def create_video(self, request: Request):
         """Queue a generation; poll GET /v1/videos/{id} for its progress."""
@@ -413,8 +414,8 @@ class Ingress:
         if self._scan_needed:
             await self._reconcile()
         raw = await self._body(request)
-        gen = check_request(parse_body(raw), self.spec.limits, self.spec.defaults,
-                            seed=int.from_bytes(os.urandom(4), "little"))
+        gen = check_request(parse_body(raw, request.headers.get("content-type", "")), self.spec.limits,
+                            self.spec.defaults, seed=int.from_bytes(os.urandom(4), "little"))
         taken = len(self.inflight) + self._accepting
         if taken >= self.spec.limits.queue_length:
             raise RequestRejected(429, "queue_full", f"{taken} jobs queued or running; retry later",
@@ -422,7 +423,7 @@ class Ingress:
         job_id = JobStore.new_id()
         self._accepting += 1  # holds the slot while the record is written (other requests run meanwhile)
         try:
-            await asyncio.to_thread(self.jobs.create, job_id, gen)
+            record = await asyncio.to_thread(self.jobs.create, job_id, gen)
             self._dispatch(job_id)
         except StorageError as e:
             log.warning("job %s not accepted, the store is unavailable: %s", job_id, e)
@@ -430,8 +431,22 @@ class Ingress:
                                   "retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         finally:
             self._accepting -= 1
-        return JSONResponse({"id": job_id, "status": "queued"}, status_code=202,
-                            headers={"Location": f"/v1/videos/{job_id}"})
+        return JSONResponse(self._view(record, request), status_code=202, headers={"Location": f"/v1/videos/{job_id}"})
+
+    @api.get("/v1/videos", response_model=VideoList, responses=error_responses(401, 422, 503))
+    async def list_videos(self, request: Request,
+                          after: str | None = Query(None, description="the last id of the previous page"),
+                          limit: int = Query(20, ge=1, le=100), order: str = Query("desc", pattern="^(asc|desc)$")):
+        """The service's videos, newest first (order=asc: oldest first), a page at a time."""
+        self._authorize(request)
+        records = sorted(await asyncio.to_thread(self.jobs.all), key=lambda r: (r.created_at, r.id),
+                         reverse=order == "desc")
+        ids = [r.id for r in records]
+        start = ids.index(after) + 1 if after in ids else 0
+        page = records[start:start + limit]
+        return {"object": "list", "data": [self._view(r, request) for r in page],
+                "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None,
+                "has_more": start + limit < len(records)}
 
     @api.get("/v1/videos/{job_id}", response_model=JobView, responses=error_responses(401, 404, 422, 503))
     async def get_video(self, job_id: str, request: Request,
@@ -461,13 +476,16 @@ class Ingress:
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
     @api.delete("/v1/videos/{job_id}", status_code=202, response_model=JobView,
-                responses=error_responses(401, 404, 409, 422, 503))
+                responses={200: {"model": VideoDeleted, "description": "an ended job, deleted"},
+                           **error_responses(401, 404, 422, 503)})
     async def cancel_video(self, job_id: str, request: Request):
-        """Cancel a queued or running job (a running one stops after its current denoising step)."""
+        """Cancel a queued or running job (a running one stops after its current denoising step): 202 with the
+        video. An ended job is deleted, its video and images with it, as OpenAI's delete: 200 video.deleted."""
         self._authorize(request)
         record = await asyncio.to_thread(self._record, job_id)
         if record.ended:
-            raise RequestRejected(409, "finished", f"job already {record.status}")
+            await asyncio.to_thread(self.jobs.delete, job_id)
+            return JSONResponse({"id": job_id, "object": "video.deleted", "deleted": True})
         await asyncio.to_thread(self.jobs.request_cancel, job_id)
         if record.status == "queued":  # not started: take it out of the queue now
             dispatched = self.inflight.get(job_id)

@@ -14,6 +14,8 @@ import time
 import urllib.error
 import urllib.request
 
+ENDED = ("completed", "failed", "cancelled")  # the API's (OpenAI's) final statuses
+
 
 class ApiError(RuntimeError):
     """A 4xx/5xx answer: the HTTP status and the server's error body."""
@@ -91,7 +93,7 @@ class Client:
             job = self.status(job_id, wait_s=poll_s)  # long poll: no latency added by the interval
             if on_progress:
                 on_progress(job)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] in ENDED:
                 return job
             if deadline is not None and time.time() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:.0f} s")

@@ -153,15 +153,24 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.store.exists(self._key(job_id, "cancel"))
 
-    def unfinished(self) -> list[JobRecord]:
-        """Records not yet in a final state, oldest first (what a restarted ingress hands over again)."""
+    def all(self) -> list[JobRecord]:
+        """Every readable record (GET /v1/videos); a damaged one is left out, as read() leaves it."""
         records = []
         for key in self.store.list("jobs/"):
             if key.endswith("/job.json"):
                 try:
-                    record = self.read(key.split("/")[1])
+                    records.append(self.read(key.split("/")[1]))
                 except JobNotFound:
                     continue
-                if not record.ended:
-                    records.append(record)
-        return sorted(records, key=lambda r: r.created_at)
+        return records
+
+    def delete(self, job_id: str) -> None:
+        """An ended job's record, video and images, gone (the record last: a failure leaves it listed)."""
+        keys = [k for k in self.store.list(f"jobs/{job_id}/") if not k.endswith("/job.json")]
+        for key in keys:
+            self.store.delete(key)
+        self.store.delete(self._key(job_id, "job.json"))
+
+    def unfinished(self) -> list[JobRecord]:
+        """Records not yet in a final state, oldest first (what a restarted ingress hands over again)."""
+        return sorted((r for r in self.all() if not r.ended), key=lambda r: r.created_at)

@@ -20,6 +20,12 @@ from ..model.request import InvalidRequest, validate_request
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 MAX_PROMPT_CHARS = 2000
+FPS = 24  # frames per second of every video: what `seconds` converts with
+MODEL_NAME = "polyvivid"  # the `model` a video object names (requests may name it, or leave it out)
+# OpenAI's video statuses for ours (the API speaks OpenAI's; job records keep ours)
+OPENAI_STATUS = {"queued": "queued", "running": "in_progress", "succeeded": "completed", "failed": "failed",
+                 "cancelled": "cancelled"}
+OpenAIStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 
 
 class RequestRejected(Exception):
@@ -49,7 +55,8 @@ class ErrorBody(BaseModel):
 ERROR_STATUSES = {
     400: "the body is not valid JSON", 401: "missing or wrong bearer token", 404: "no such job or route",
     409: "the job is not in a state that allows this", 413: "the body or an image is too large",
-    415: "the body is not application/json", 422: "a field is invalid or outside the service's limits",
+    415: "the body is neither application/json nor multipart/form-data",
+    422: "a field is invalid or outside the service's limits",
     429: "the queue is full; retry after Retry-After seconds",
     503: "the job store is unavailable; retry after Retry-After seconds",
 }
@@ -66,14 +73,23 @@ class _Body(BaseModel):
 
 class SubjectIn(_Body):
     name: str = Field(min_length=1, max_length=100, description="the subject's word or phrase in the prompt")
-    image: str = Field(min_length=1, description="the subject's image, base64 PNG or JPEG")
+    image: str = Field(min_length=1, description="the subject's image, base64 PNG or JPEG (in a multipart form it "
+                       "may come as an input_reference file instead)")
 
 
 class VideoRequest(_Body):
-    """POST /v1/videos. Omitted settings take the service's defaults."""
+    """POST /v1/videos, as JSON or multipart/form-data (OpenAI's create). Omitted settings take the service's
+    defaults. OpenAI's fields: model, size, seconds, input_reference (multipart files); ours: the rest."""
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    subjects: list[SubjectIn] = Field(default_factory=list)
+    model: str | None = Field(None, max_length=200, description=f"any name; the videos say {MODEL_NAME!r}")
+    size: str | None = Field(None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$", description="WIDTHxHEIGHT, e.g. 960x544 "
+                             "(or width and height)")
+    seconds: float | None = Field(None, gt=0, le=60, description=f"duration, at {FPS} fps rounded to 4k+1 frames "
+                                  "(or num_frames)")
+    subjects: list[SubjectIn] = Field(default_factory=list, description="each subject's word and image; in a "
+                                      "multipart form a JSON-encoded string, and an entry without `image` takes "
+                                      "the next input_reference file")
     num_frames: int | None = Field(None, description="of the form 4k+1")
     height: int | None = Field(None, description="pixels, a multiple of 16")
     width: int | None = Field(None, description="pixels, a multiple of 16")
@@ -84,22 +100,66 @@ class VideoRequest(_Body):
                                                description="first-block cache threshold (0: off); default the service's")
 
 
-class JobAccepted(BaseModel):
-    id: str
-    status: JobState
+class VideoError(BaseModel):
+    code: str
+    message: str
 
 
 class JobView(BaseModel):
-    """GET /v1/videos/{id}."""
+    """A video job as OpenAI's video object (GET /v1/videos/{id}, and what create, list and cancel answer),
+    with our own fields after OpenAI's."""
 
     id: str
-    status: JobState
-    progress: float = Field(ge=0, le=1)
-    error: str | None = None
-    video_url: str | None = None
-    created_at: float
+    object: Literal["video"] = "video"
+    model: str = MODEL_NAME
+    status: OpenAIStatus
+    progress: int = Field(ge=0, le=100, description="percent")
+    created_at: int = Field(description="Unix seconds")
+    completed_at: int | None = Field(None, description="Unix seconds, once the job ended")
+    expires_at: int | None = None
+    prompt: str
+    size: str = Field(description="WIDTHxHEIGHT")
+    seconds: str = Field(description=f"duration at {FPS} fps")
+    error: VideoError | None = None
+    # ours
+    video_url: str | None = Field(None, description="where the mp4 is, once completed")
     started_at: float | None = None
     finished_at: float | None = None
+    num_frames: int
+    steps: int
+    seed: int
+    subjects: list[str] = Field(description="the subjects' words")
+
+
+def job_view(record, video_url: str | None) -> dict:
+    """A job record (jobs.JobRecord) as the API shows it (JobView)."""
+    req = record.request
+    error = None
+    if record.status == "failed":
+        error = VideoError(code="generation_failed", message=record.error or "the generation failed")
+    ended = record.finished_at if record.ended else None
+    return JobView(id=record.id, status=OPENAI_STATUS[record.status], progress=int(round(100 * record.progress)),
+                   created_at=int(record.created_at), completed_at=int(ended) if ended else None, prompt=req.prompt,
+                   size=f"{req.width}x{req.height}", seconds=f"{req.num_frames / FPS:.2f}".rstrip("0").rstrip("."),
+                   error=error, video_url=video_url, started_at=record.started_at, finished_at=record.finished_at,
+                   num_frames=req.num_frames, steps=req.steps, seed=req.seed,
+                   subjects=[s.name for s in req.subjects]).model_dump()
+
+
+class VideoList(BaseModel):
+    """GET /v1/videos: OpenAI's list page."""
+
+    object: Literal["list"] = "list"
+    data: list[JobView]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool
 
 
 @dataclass(frozen=True)
@@ -129,8 +189,11 @@ class Generation:
                 "seed": self.seed, "step_cache_threshold": self.step_cache_threshold}
 
 
-def parse_body(raw: bytes) -> VideoRequest:
+def parse_body(raw: bytes, content_type: str = "application/json") -> VideoRequest:
+    """The request from a JSON body or a multipart form (parse_form)."""
     try:
+        if content_type.startswith("multipart/form-data"):
+            return VideoRequest.model_validate(parse_form(raw, content_type))
         return VideoRequest.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors()[0]
@@ -138,6 +201,61 @@ def parse_body(raw: bytes) -> VideoRequest:
         if first["type"] == "json_invalid":
             raise RequestRejected(400, "invalid_json", f"body is not valid JSON: {first['msg']}") from None
         raise RequestRejected(422, "invalid_request", f"{field or 'body'}: {first['msg']}", field) from None
+
+
+_FORM_NUMBERS = {"num_frames": int, "height": int, "width": int, "steps": int, "seed": int, "guidance": float,
+                 "seconds": float, "step_cache_threshold": float}
+
+
+def parse_form(raw: bytes, content_type: str) -> dict:
+    """A multipart/form-data body (OpenAI's SDK sends create as one) as the JSON body it stands for: fields
+    are text (numbers converted, `subjects` a JSON-encoded array), and the input_reference files fill, in
+    order, the subjects given without an image (base64, as in JSON)."""
+    import json
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    if not message.is_multipart():
+        raise RequestRejected(400, "invalid_form", "body is not a multipart form")
+    fields, files = {}, []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            raise RequestRejected(400, "invalid_form", "a form part has no name")
+        data = part.get_payload(decode=True) or b""
+        if name.removesuffix("[]") == "input_reference":
+            files.append(data)
+            continue
+        text = data.decode("utf-8", "replace")
+        try:
+            fields[name] = _FORM_NUMBERS[name](text) if name in _FORM_NUMBERS else text
+        except ValueError:
+            raise RequestRejected(422, "invalid_request", f"{name}: not a number: {text[:40]!r}", name) from None
+    subjects = fields.get("subjects")
+    if subjects is not None:
+        try:
+            subjects = json.loads(subjects)
+        except json.JSONDecodeError:
+            raise RequestRejected(422, "invalid_request", "subjects: a JSON-encoded array of {name, image?} in a "
+                                  "form", "subjects") from None
+        if not isinstance(subjects, list) or not all(isinstance(s, dict) for s in subjects):
+            raise RequestRejected(422, "invalid_request", "subjects: a JSON-encoded array of {name, image?}", "subjects")
+    subjects = subjects or []
+    pending = iter(files)
+    for i, subject in enumerate(subjects):
+        if "image" not in subject:
+            data = next(pending, None)
+            if data is None:
+                raise RequestRejected(422, "invalid_request", f"subjects[{i}].image: no image, and no input_reference "
+                                      "file left for it", f"subjects[{i}].image")
+            subject["image"] = base64.b64encode(data).decode()
+    if next(pending, None) is not None:
+        raise RequestRejected(422, "invalid_request", "input_reference: more files than subjects without an image; "
+                              "name each file's subject in `subjects`", "input_reference")
+    if subjects:
+        fields["subjects"] = subjects
+    return fields
 
 
 def check_image(data: str, field: str) -> tuple[bytes, str]:
@@ -168,8 +286,17 @@ def check_request(req: VideoRequest, limits: Limits, defaults: GenerationDefault
             raise RequestRejected(422, "invalid_request", f"subjects[{i}].name: {req.subjects[i].name!r} given twice",
                                   f"subjects[{i}].name")
     given = lambda value, default: default if value is None else value  # noqa: E731 (0 is given, not left out)
-    gen = dict(num_frames=given(req.num_frames, defaults.num_frames), height=given(req.height, defaults.height),
-               width=given(req.width, defaults.width), steps=given(req.steps, defaults.steps))
+    width, height, frames = req.width, req.height, req.num_frames
+    if req.size is not None:  # OpenAI's "WIDTHxHEIGHT"
+        if width is not None or height is not None:
+            raise RequestRejected(422, "invalid_request", "size: give size or width and height, not both", "size")
+        width, height = (int(v) for v in req.size.split("x"))
+    if req.seconds is not None:
+        if frames is not None:
+            raise RequestRejected(422, "invalid_request", "seconds: give seconds or num_frames, not both", "seconds")
+        frames = 4 * round(req.seconds * FPS / 4) + 1
+    gen = dict(num_frames=given(frames, defaults.num_frames), height=given(height, defaults.height),
+               width=given(width, defaults.width), steps=given(req.steps, defaults.steps))
     for name, value, bound in (("num_frames", gen["num_frames"], limits.max_frames),
                                ("height", gen["height"], limits.max_height), ("width", gen["width"], limits.max_width),
                                ("steps", gen["steps"], limits.max_steps)):

@@ -40,7 +40,7 @@ def test_records_survive_a_restart_unfinished_jobs_resume_and_a_trained_model_se
         assert first.client("not-it").request("GET", "/v1/videos/" + "0" * 32)[0] == 401
         client = first.client()
         before = client.submit(PROMPT, images, **settings)
-        assert client.wait(before["id"], poll_s=0.1, timeout_s=120)["status"] == "succeeded"
+        assert client.wait(before["id"], poll_s=0.1, timeout_s=120)["status"] == "completed"
         video_before = client.download(before["id"])
 
     # A job accepted by a server that died before handing it to a generator: only its record exists.
@@ -55,10 +55,10 @@ def test_records_survive_a_restart_unfinished_jobs_resume_and_a_trained_model_se
         ready = client._json("GET", "/readyz")
         assert ready["model"] == str(final)
         old = client.status(before["id"])  # written by the first process, answered by the second
-        assert old["status"] == "succeeded" and client.download(before["id"]) == video_before
-        assert client.wait(orphan, poll_s=0.2, timeout_s=120)["status"] == "succeeded"  # resumed, not lost
+        assert old["status"] == "completed" and client.download(before["id"]) == video_before
+        assert client.wait(orphan, poll_s=0.2, timeout_s=120)["status"] == "completed"  # resumed, not lost
         after = client.submit(PROMPT, images, **settings)
-        assert client.wait(after["id"], poll_s=0.1, timeout_s=120)["status"] == "succeeded"
+        assert client.wait(after["id"], poll_s=0.1, timeout_s=120)["status"] == "completed"
         served = decode_mp4(client.download(after["id"])).astype(np.float32)
 
     # The served video is the trained model's (same request in-process, through the same codec), not the

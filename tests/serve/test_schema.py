@@ -93,3 +93,32 @@ def test_every_bad_input_is_refused_naming_its_field(what, changes, status, code
     assert (e.status, e.code, e.field) == (status, code, field), e.message
     assert e.body() == {"error": {"code": code, "message": e.message, "field": field}}
     assert field is None or e.message.startswith(field.split("[")[0]) or field in e.message, e.message
+
+
+def form(fields: list[tuple[str, str | None, bytes]], boundary: str = "b0und") -> tuple[bytes, str]:
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'.encode()
+                    + (f'; filename="{filename}"'.encode() if filename else b"") + b"\r\n\r\n" + data + b"\r\n"
+                    for name, filename, data in fields) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_openai_fields_map_to_ours_and_a_multipart_form_reads_as_the_json_body():
+    gen = check(body(size="48x32", seconds=0.5, model="sora-2"))
+    assert (gen.width, gen.height, gen.num_frames) == (48, 32, 13)  # 0.5 s at 24 fps -> 12 -> 4k+1 = 13
+    for both, field in ((dict(size="48x32", width=48), "size"), (dict(seconds=1.0, num_frames=9), "seconds")):
+        with pytest.raises(RequestRejected) as e:
+            check(body(**both))
+        assert e.value.field == field
+    man, guitar = (base64.b64decode(s["image"]) for s in body()["subjects"])
+    raw, content_type = form([("prompt", None, b"A man plays the guitar"), ("steps", None, b"8"),
+                              ("subjects", None, json.dumps([{"name": "man"}, {"name": "guitar"}]).encode()),
+                              ("input_reference", "a.png", man), ("input_reference", "b.jpg", guitar)])
+    gen = check_request(parse_body(raw, content_type), LIMITS, DEFAULTS, seed=7)
+    assert gen.steps == 8 and [(s.name, s.image) for s in gen.subjects] == [("man", man), ("guitar", guitar)]
+    for fields, field in (([("prompt", None, b"x"), ("steps", None, b"many")], "steps"),
+                          ([("prompt", None, b"x"), ("subjects", None, b"[{")], "subjects"),
+                          ([("prompt", None, b"A man"), ("subjects", None, b'[{"name": "man"}]')], "subjects[0].image"),
+                          ([("prompt", None, b"A man"), ("input_reference", "a.png", man)], "input_reference")):
+        with pytest.raises(RequestRejected) as e:
+            parse_body(*form(fields))
+        assert e.value.status == 422 and e.value.field == field
