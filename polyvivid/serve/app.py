@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
@@ -36,6 +36,7 @@ from ..api.common import MAX_GUIDANCE, field_path
 from ..api.service import Limits, ServiceSpec
 from ..storage import ObjectNotFound, S3Store, StorageError, open_store, with_retries
 from ..telemetry import SERVING
+from . import page
 from .config import TOKEN_ENV
 from .jobs import RECORD_WITHIN_S, JobNotFound, JobRecord, JobStore
 from .schema import (JobView, RequestRejected, VideoDeleted, VideoList, VideoRequest, check_request, error_responses, job_view,
@@ -464,14 +465,23 @@ class Ingress:
         return self._view(record, request)
 
     @api.get("/v1/videos/{job_id}/content", name="video_content",
-             responses={200: {"content": {"video/mp4": {}}}, **error_responses(401, 404, 409, 422, 503)})
-    async def video_content(self, job_id: str, request: Request):
-        """The mp4 of a succeeded job."""
+             responses={200: {"content": {"video/mp4": {}, "image/png": {}},
+                              "description": "the mp4, or with variant=spritesheet a PNG of every frame"},
+                        **error_responses(401, 404, 409, 422, 503)})
+    async def video_content(self, job_id: str, request: Request,
+                            variant: str = Query("video", pattern="^(video|spritesheet)$",
+                                                 description="video: the mp4; spritesheet: every frame on one PNG")):
+        """The mp4 of a completed job, or its contact sheet (OpenAI's spritesheet variant)."""
         self._authorize(request)
         record = await asyncio.to_thread(self._record, job_id)
         if record.status != "succeeded":
             raise RequestRejected(409, "not_ready", f"job is {record.status}; the video exists once it succeeded")
         data = await asyncio.to_thread(self.jobs.store.read_bytes, self.jobs.video_key(job_id))
+        if variant == "spritesheet":
+            from ..video import contact_sheet, decode_mp4, png_bytes
+
+            sheet = await asyncio.to_thread(lambda: png_bytes(contact_sheet(decode_mp4(data))))
+            return Response(sheet, media_type="image/png")
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
@@ -502,10 +512,22 @@ class Ingress:
         return JSONResponse(self._openapi)
 
     @api.get("/docs", include_in_schema=False)
-    async def docs(self):
-        from fastapi.openapi.docs import get_swagger_ui_html
+    async def docs(self, request: Request):
+        """The API description as a page of its own (no CDN: page.docs_html)."""
+        if self._openapi is None:
+            self._openapi = openapi_document(request.app.routes, self.spec.limits, bearer=self.token is not None)
+        return HTMLResponse(page.docs_html(self._openapi), headers={"Content-Security-Policy": page.CSP})
 
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="PolyVivid API")
+    @api.get("/", include_in_schema=False)
+    async def index(self):
+        """A page to try the service: prompt, subjects, size and steps; progress; the video and its frames."""
+        return HTMLResponse(page.read("index.html"), headers={"Content-Security-Policy": page.CSP})
+
+    @api.get("/ui/{name}", include_in_schema=False)
+    async def ui_file(self, name: str):
+        if name not in page.STATIC:
+            raise RequestRejected(404, "not_found", f"no file {name!r}")
+        return Response(page.read(name), media_type=page.STATIC[name], headers={"Cache-Control": "no-cache"})
 
     @api.get("/healthz")
     async def healthz(self):

@@ -350,3 +350,36 @@ def test_multipart_files_fill_the_named_subjects_in_order_and_the_list_pages(ser
     second = json.loads(client.request("GET", f"/v1/videos?limit=1&after={first['last_id']}")[1])
     assert second["data"][0]["id"] != first["data"][0]["id"]
     assert first["data"][0]["created_at"] >= second["data"][0]["created_at"]  # newest first
+
+
+def test_the_page_makes_a_video_in_a_real_browser_and_the_docs_need_no_cdn(server, images, tmp_path):
+    """Debian's chromium, headless: the page at / submits a tiny request with a subject image, shows the
+    progress, then plays the video and shows its contact sheet. Every file comes from the service."""
+    from ..browser import Chromium, chromium_binary
+
+    if chromium_binary() is None:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
+    (tmp_path / "man.png").write_bytes(images["man"])
+    with Chromium(tmp_path / "profile") as browser:
+        browser.call("Network.enable")
+        browser.call("Page.navigate", url=f"{server.url}/")
+        browser.wait_for("document.readyState === 'complete' && !!document.getElementById('submit')")
+        browser.evaluate(f"""document.getElementById('token').value = {json.dumps(TOKEN)};
+            document.getElementById('prompt').value = 'A man waves';
+            document.querySelector('.subject .word').value = 'man';
+            for (const [id, v] of [['width', 64], ['height', 48], ['frames', 9], ['steps', 2]])
+              document.getElementById(id).value = v;""")
+        browser.set_files(".subject .image", [str(tmp_path / "man.png")])
+        browser.evaluate("document.getElementById('submit').click()")
+        status = browser.wait_for("document.getElementById('status').textContent.startsWith('done') && "
+                                  "document.getElementById('status').textContent", timeout_s=120)
+        assert "64x48, 9 frames" in status
+        browser.wait_for("document.getElementById('video').readyState >= 1")  # the mp4's metadata loaded
+        assert browser.evaluate("[document.getElementById('video').videoWidth, "
+                                "document.getElementById('video').videoHeight]") == [64, 48]
+        assert browser.wait_for("document.getElementById('sheet').naturalWidth") > 64  # nine frames side by side
+        browser.call("Page.navigate", url=f"{server.url}/docs")
+        browser.wait_for("document.readyState === 'complete' && document.querySelectorAll('h2').length > 3")
+        assert "POST /v1/videos" in browser.evaluate("document.body.innerText")
+        requested = {e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"}
+        assert requested and all(url.startswith((server.url, "blob:", "data:")) for url in requested), requested
