@@ -39,8 +39,8 @@ from ..telemetry import SERVING
 from . import page
 from .config import TOKEN_ENV
 from .jobs import RECORD_WITHIN_S, JobNotFound, JobRecord, JobStore
-from .schema import (JobView, RequestRejected, VideoDeleted, VideoList, VideoRequest, check_request, error_responses, job_view,
-                     parse_body)
+from .schema import (OPENAI_STATUS, JobView, RequestRejected, VideoDeleted, VideoList, VideoRequest, check_request,
+                     error_responses, job_view, parse_body)
 
 log = logging.getLogger("polyvivid.serve")
 
@@ -444,9 +444,9 @@ class Ingress:
                          reverse=order == "desc")
         ids = [r.id for r in records]
         start = ids.index(after) + 1 if after in ids else 0
-        page = records[start:start + limit]
-        return {"object": "list", "data": [self._view(r, request) for r in page],
-                "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None,
+        shown = records[start:start + limit]
+        return {"object": "list", "data": [self._view(r, request) for r in shown],
+                "first_id": shown[0].id if shown else None, "last_id": shown[-1].id if shown else None,
                 "has_more": start + limit < len(records)}
 
     @api.get("/v1/videos/{job_id}", response_model=JobView, responses=error_responses(401, 404, 422, 503))
@@ -475,7 +475,8 @@ class Ingress:
         self._authorize(request)
         record = await asyncio.to_thread(self._record, job_id)
         if record.status != "succeeded":
-            raise RequestRejected(409, "not_ready", f"job is {record.status}; the video exists once it succeeded")
+            raise RequestRejected(409, "not_ready", f"job is {OPENAI_STATUS[record.status]}; the video exists once it "
+                                  "completed")
         data = await asyncio.to_thread(self.jobs.store.read_bytes, self.jobs.video_key(job_id))
         if variant == "spritesheet":
             from ..video import contact_sheet, decode_mp4, png_bytes
