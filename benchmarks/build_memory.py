@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def main(argv=None) -> int:
         double, single = (int(x) for x in args.layers.split(","))
         print(json.dumps({"params": write_base(args.directory, args.preset, (double, single))}))
     else:
-        print(json.dumps(build(args.directory, args.mode, args.world)), flush=True)
+        # one write(2) of a line under PIPE_BUF: the ranks share stdout, and print() may split a line in two
+        # writes, which interleaved once (two JSON objects on one line)
+        os.write(1, (json.dumps(build(args.directory, args.mode, args.world)) + "\n").encode())
     return 0
 
 
