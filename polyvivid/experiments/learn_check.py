@@ -82,6 +82,9 @@ class LearnCheckConfig:
     batch: int = 8  # clips per step: on 2 cores 8 cost about 2x one (tiny tensors: overhead-bound)
     cases: int = 96
     generation_steps: int = 20
+    # the full model sampled with the first-block step cache (model/step_cache.py) at this threshold too: what
+    # caching does to identity (reported, not a check); 0 leaves the condition out
+    step_cache_threshold: float = 0.05
     # one video per case: 96 cases x 1 seed cost what 48 x 2 did, and independent cases narrow both the
     # paired SE and the evaluation noise inside the training-seed gap more than a second draw of the same case
     generation_seeds: tuple[int, ...] = (0,)
@@ -309,11 +312,11 @@ def round_trip(vae, clip: Clip) -> np.ndarray:
     return ((decoded.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
 
 
-def generate(pipe, clip: Clip, references, seed: int, cfg: LearnCheckConfig) -> np.ndarray:
+def generate(pipe, clip: Clip, references, seed: int, cfg: LearnCheckConfig, step_cache: float = 0.0) -> np.ndarray:
     with torch.no_grad():
         return pipe(clip.caption, references, num_frames=cfg.frames, height=cfg.size, width=cfg.size,
                     num_inference_steps=cfg.generation_steps, guidance_scale=1.0,
-                    generator=torch.Generator().manual_seed(seed))
+                    generator=torch.Generator().manual_seed(seed), step_cache_threshold=step_cache)
 
 
 def wrong_subject(cases: list[Clip], i: int) -> list:
@@ -410,15 +413,20 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     save_videos(videos_dir, "real clips vae", made_videos["real clips (VAE)"])
     log(f"measured VAE round trip of the real clips: similarity {np.mean([s.similarity for s in ceiling]):.4f}")
     full = models[f"full (seed {cfg.training_seeds[0]})"]
-    conditions = {name: (pipe, "own") for name, pipe in models.items()}
-    conditions["wrong subject"] = (full, "wrong")
-    conditions["caption only"] = (full, "none")  # no subject: exactly the pretrained base's forward
+    conditions = {name: (pipe, "own", 0.0) for name, pipe in models.items()}
+    conditions["wrong subject"] = (full, "wrong", 0.0)
+    conditions["caption only"] = (full, "none", 0.0)  # no subject: exactly the pretrained base's forward
+    if cfg.step_cache_threshold:
+        conditions["step cache"] = (full, "own", cfg.step_cache_threshold)  # the full model, cached
     scores: dict[str, np.ndarray] = {}  # per condition: [cases, 3] (similarity, identity, right colour)
-    for name, (pipe, subject) in conditions.items():
+    skipped_steps = 0
+    for name, (pipe, subject, step_cache) in conditions.items():
         per_case, videos = [], []
         for i, case in enumerate(cases):
             references = {"own": case.references, "wrong": wrong_subject(cases, i), "none": []}[subject]
-            made = [generate(pipe, case, references, s, cfg) for s in cfg.generation_seeds]
+            made = [generate(pipe, case, references, s, cfg, step_cache) for s in cfg.generation_seeds]
+            if step_cache:
+                skipped_steps += pipe.last_step_cache.skipped
             videos.append(np.stack(made))
             per_case.append(np.mean([subject_similarity(v, case.background, targets[i]) for v in made], axis=0))
         scores[name] = np.array(per_case)
@@ -429,6 +437,10 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     if videos_dir is not None:
         contact_sheet(cases, made_videos).save(Path(videos_dir) / "contact_sheet.png")
     report = verdict(cfg, scores, losses, vae_loss, time.time() - started)
+    if cfg.step_cache_threshold:
+        generated = len(cases) * len(cfg.generation_seeds) * cfg.generation_steps
+        report["step_cache"] = {"threshold": cfg.step_cache_threshold, "steps_skipped": skipped_steps,
+                                "steps": generated}
     report["ceiling"] = dict(zip(("similarity", "identity", "colour_accuracy"), np.mean(ceiling, axis=0).tolist()))
     return report
 
@@ -464,6 +476,10 @@ def format_report(report: dict) -> str:
     for r in report["rows"]:
         lines.append(f"{r['condition']:<16} {r['similarity']:>10.4f} {r['identity']:>8.4f}±{r['identity_se']:.3f} "
                      f"{r['colour_accuracy']:>11.3f} {r['full_minus_this']:>12.4f} {r['paired_se']:>10.4f}")
+    if "step_cache" in report:
+        c = report["step_cache"]
+        lines.append(f"step cache: the full model with threshold {c['threshold']:g} skipped {c['steps_skipped']} of "
+                     f"{c['steps']} denoising steps")
     if "ceiling" in report:
         c = report["ceiling"]
         lines.append(f"{'real clips (VAE)':<16} {c['similarity']:>10.4f} {c['identity']:>8.4f}       "

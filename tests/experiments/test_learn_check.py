@@ -89,21 +89,23 @@ def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path, latent_channels):
                            generation_seeds=(0,), training_seeds=(0, 1), latent_channels=latent_channels)
     report = run(cfg, log=lambda _: None, videos_dir=tmp_path, keep_dir=tmp_path / "keep")
     names = [r["condition"] for r in report["rows"]]
-    assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only"]
+    assert names == ["full (seed 0)", "full (seed 1)", "no_injection", "token_concat", "wrong subject", "caption only",
+                     "step cache"]
+    assert report["step_cache"]["steps"] == 3 * 2 and 0 <= report["step_cache"]["steps_skipped"] <= 3  # 2 steps a case
     assert set(report["checks"]) == {"no_injection", "wrong subject"}
     assert all(0.0 <= r["similarity"] <= 1.0 and -1.0 <= r["identity"] <= 1.0 for r in report["rows"])
     assert "run-to-run" in format_report(report)
     # every condition's videos and the VAE round trip, [cases, generation seeds, F, H, W, 3], to look at
     saved = {p.stem: np.load(p) for p in tmp_path.glob("*.npy")}
     assert set(saved) == {"full_seed_0", "full_seed_1", "no_injection", "token_concat", "wrong_subject",
-                          "caption_only", "real_clips_vae"}
+                          "caption_only", "step_cache", "real_clips_vae"}
     assert saved["no_injection"].shape == (3, 1, cfg.frames, cfg.size, cfg.size, 3)
     assert saved["no_injection"].dtype == np.uint8
-    # and one picture of them: a header row and a row per case; reference, real clip, the 7 videos' columns
+    # and one picture of them: a header row and a row per case; reference, real clip, the 8 videos' columns
     from PIL import Image
 
     sheet = Image.open(tmp_path / "contact_sheet.png")
-    assert sheet.size == ((2 + 7) * (cfg.size * 3 + 2), (1 + 3) * (cfg.size * 3 + 2))
+    assert sheet.size == ((2 + 8) * (cfg.size * 3 + 2), (1 + 3) * (cfg.size * 3 + 2))
     cell = cfg.size * 3 + 2
     no_injection_frame = np.asarray(sheet)[cell * 2 + 1:cell * 3 - 1, cell * 5 + 1:cell * 6 - 1]  # case 1, column 5
     assert (no_injection_frame[::3, ::3] == saved["no_injection"][1, 0, cfg.frames // 2]).all()
