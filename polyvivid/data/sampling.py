@@ -25,7 +25,10 @@ class SampleError(Exception):
 def window_starts(total: int, wanted: int, windows: int = 0) -> list[int]:
     """Where a window of `wanted` frames may start in a clip of `total`: anywhere (windows 0), or at one of
     `windows` evenly spaced starts, first and last included (fewer when the clip has fewer). A finite set is
-    what lets precompute encode every window training can pick (dataset.frameWindows)."""
+    what lets precompute encode every window training can pick (dataset.frameWindows). Frames are never
+    repeated (that would be slow motion the clip never had), so a clip shorter than the window has none."""
+    if total < wanted:
+        raise SampleError(f"{SHORT_CLIP}: {total} frames, {wanted} wanted")
     last = total - wanted
     if windows == 0 or last + 1 <= windows:
         return list(range(last + 1))
@@ -35,11 +38,7 @@ def window_starts(total: int, wanted: int, windows: int = 0) -> list[int]:
 
 
 def pick_frames(total: int, wanted: int, generator: torch.Generator, windows: int = 0) -> np.ndarray:
-    """A contiguous window of `wanted` frames at a random one of window_starts (one draw from `generator`).
-    Frames are never repeated (that would be slow motion the clip never had), so a clip shorter than the
-    window cannot be used."""
-    if total < wanted:
-        raise SampleError(f"{SHORT_CLIP}: {total} frames, {wanted} wanted")
+    """A contiguous window of `wanted` frames at a random one of window_starts (one draw from `generator`)."""
     starts = window_starts(total, wanted, windows)
     start = starts[pick_window(len(starts), generator)]
     return np.arange(start, start + wanted)
