@@ -237,9 +237,8 @@ def plan(spec: TrainingSpec, gpu_memory_gib: float | None = None) -> list[PlanRo
     setup, rows = setup_for(spec), []
     text = TEXT_TOKENS
     for stage in spec.stages:
-        parts = ([("low", stage.low_resolution)] if stage.low_res_steps else []) + \
-                ([("full", stage.resolution)] if stage.steps > stage.low_res_steps else [])
-        for name, res in parts:
+        for low_res, res in stage.parts():
+            name = "low" if low_res else "full"
             video = video_tokens(res.frames, res.height, res.width, setup.config)
             # the fused prompt holds each subject's image tokens too (LLaVA's grid, 576 at full size)
             est = estimate(setup, video, text + stage.max_subjects * setup.subject_tokens)

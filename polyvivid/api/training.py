@@ -46,6 +46,15 @@ class Stage(ApiModel):
     resolution: Resolution = Field(default_factory=lambda: Resolution(height=544, width=960, frames=129))
     low_resolution: Resolution = Field(default_factory=lambda: Resolution(height=272, width=480, frames=33))
 
+    def parts(self) -> list[tuple[bool, Resolution]]:
+        """(low_res, resolution) of each part the stage trains, in order: the low-resolution part if it has
+        steps, then the rest if any."""
+        return [(low_res, self.resolution_of(low_res)) for low_res, steps in
+                ((True, self.low_res_steps), (False, self.steps - self.low_res_steps)) if steps]
+
+    def resolution_of(self, low_res: bool) -> Resolution:
+        return self.low_resolution if low_res else self.resolution
+
     @model_validator(mode="after")
     def _low_res_within_stage(self):
         if self.low_res_steps > self.steps:

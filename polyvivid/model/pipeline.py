@@ -14,6 +14,7 @@ Ways to get one:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -29,12 +30,12 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from .encoding_cache import EncodingCache, encoding_key
 from .fusion import END_OF_TURN, TextImageFusion, encode_subject_images, square_subject_image
 from .options import TRANSFORMER_OPTIONS
 from .presets import get_preset
-from .encoding_cache import EncodingCache, encoding_key
-from .step_cache import StepCache
 from .request import InvalidRequest, validate_request  # noqa: F401  (re-exported)
+from .step_cache import StepCache
 from .transformer import POLYVIVID_WEIGHTS, PolyVividTransformer
 
 PIPELINE_CARD = "polyvivid_pipeline.json"  # marks a PolyVivid-weights-only directory (see load_pipeline)
@@ -62,6 +63,13 @@ class PolyVividPipeline(DiffusionPipeline):
                               text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.vae_scale_spatial = vae.spatial_compression_ratio
         self.vae_scale_temporal = vae.temporal_compression_ratio
+        # set by place(); until then generation runs where the transformer is, in its dtype
+        self.execution_device: torch.device | None = None
+        self.compute_dtype: torch.dtype | None = None
+        self.encoders_offloaded = False
+        self.attention_backend: str | None = None
+        self.encoding_cache: EncodingCache | None = None
+        self.last_step_cache: StepCache | None = None  # the last generation's (how many steps it skipped)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -173,33 +181,37 @@ class PolyVividPipeline(DiffusionPipeline):
         else:
             self.transformer.to(device)
 
+    def freeze_encoders(self, device: str | torch.device, dtype: torch.dtype) -> None:
+        """The VAE and the text encoders frozen on `device` in `dtype`, VAE tiling on: as training and the
+        precompute phase encode their inputs (the untiled encode of a 720p clip peaks at 32 GB)."""
+        for module in (self.vae, self.text_encoder, self.text_encoder_2):
+            module.requires_grad_(False).to(device, dtype)
+        self.enable_vae_tiling()
+
     def _device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
         """Where generation computes, in what dtype: place()'s, else the transformer's own."""
-        return (getattr(self, "execution_device", None) or self.transformer.device,
-                getattr(self, "compute_dtype", None) or self.transformer.dtype)
+        return self.execution_device or self.transformer.device, self.compute_dtype or self.transformer.dtype
 
+    @contextlib.contextmanager
     def _encoders_on_device(self):
-        """A context in which LLaVA and CLIP are on the execution device (moved there and back when offloaded)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def moved():
-            device, _ = self._device_and_dtype()
+        """LLaVA and CLIP on the execution device meanwhile (moved there and back when offloaded)."""
+        if not self.encoders_offloaded:
+            yield
+            return
+        device, _ = self._device_and_dtype()
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            encoder.to(device)
+        try:
+            yield
+        finally:
             for encoder in (self.text_encoder, self.text_encoder_2):
-                encoder.to(device)
-            try:
-                yield
-            finally:
-                for encoder in (self.text_encoder, self.text_encoder_2):
-                    encoder.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-
-        return moved() if getattr(self, "encoders_offloaded", False) else contextlib.nullcontext()
+                encoder.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _conditions(self, prompt: str, subjects: list[tuple[str, Image.Image]]) -> dict[str, torch.Tensor]:
         """encode_conditions, through the encoding cache when place() gave the pipeline one."""
-        cache = getattr(self, "encoding_cache", None)
+        cache = self.encoding_cache
         key = encoding_key(prompt, subjects) if cache is not None else None
         cond = cache.get(key, self._device_and_dtype()[0]) if cache is not None else None
         if cond is None:
@@ -209,26 +221,20 @@ class PolyVividPipeline(DiffusionPipeline):
                 cache.put(key, cond)
         return cond
 
-    def _step_cache_cleared(self):
-        """A context that takes the generation's step cache off the transformer when it ends, however."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def cleared():
-            try:
-                yield
-            finally:
-                self.transformer.step_cache = None
-
-        return cleared()
+    @contextlib.contextmanager
+    def _step_cache(self, threshold: float):
+        """The transformer carries a fresh StepCache (threshold > 0) for one generation, and none after it,
+        however it ends."""
+        self.last_step_cache = self.transformer.step_cache = StepCache(threshold) if threshold > 0 else None
+        try:
+            yield
+        finally:
+            self.transformer.step_cache = None
 
     def _attention(self):
-        import contextlib
-
         from diffusers.models.attention_dispatch import attention_backend
 
-        name = getattr(self, "attention_backend", None)
-        return attention_backend(name) if name else contextlib.nullcontext()
+        return attention_backend(self.attention_backend) if self.attention_backend else contextlib.nullcontext()
 
     def save_polyvivid(self, directory: str | Path, base: dict[str, Any]) -> Path:
         """PolyVivid's own weights plus a card saying which base they go on: a small artifact.
@@ -300,9 +306,8 @@ class PolyVividPipeline(DiffusionPipeline):
         guidance = torch.tensor([guidance_scale * 1000.0], device=device, dtype=dtype) if cfg.guidance_embeds else None
 
         timesteps = self.scheduler.timesteps
-        self.last_step_cache = self.transformer.step_cache = (StepCache(step_cache_threshold) if step_cache_threshold > 0
-                                                              else None)
-        with self.progress_bar(total=len(timesteps)) as progress, self._attention(), self._step_cache_cleared():
+        with self.progress_bar(total=len(timesteps)) as progress, self._attention(), \
+                self._step_cache(step_cache_threshold):
             for i, t in enumerate(timesteps):
                 timestep = t.expand(1).float()  # fp32, as diffusers: in bf16, 995.1 would be 996
                 noise_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, guidance=guidance,

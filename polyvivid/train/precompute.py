@@ -38,8 +38,7 @@ def sizes_by_sample(spec: TrainingSpec, views: dict) -> dict[int, list[str]]:
     (stage index, low_res), Trainer.views) holds it."""
     sizes: dict[int, set[str]] = {}
     for (stage_index, low_res), view in views.items():
-        stage = spec.stages[stage_index]
-        res = stage.low_resolution if low_res else stage.resolution
+        res = spec.stages[stage_index].resolution_of(low_res)
         size = size_key(res.frames, res.height, res.width)
         for index in view.indices:
             sizes.setdefault(index, set()).add(size)
@@ -92,9 +91,7 @@ def build_encoders(spec: TrainingSpec, device: torch.device, dtype: torch.dtype)
         transformer = PolyVividTransformer.build_on_meta(base, **spec.transformer_options())
         pipe = PolyVividPipeline.from_hunyuanvideo(spec.model.hunyuanvideo, spec.model.llava, torch_dtype=dtype,
                                                    transformer=transformer)
-    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        module.requires_grad_(False).to(device, dtype)
-    pipe.enable_vae_tiling()
+    pipe.freeze_encoders(device, dtype)
     return pipe
 
 

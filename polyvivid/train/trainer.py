@@ -63,7 +63,7 @@ class StepPlan:
 
     @property
     def resolution(self):
-        return self.stage.low_resolution if self.low_res else self.stage.resolution
+        return self.stage.resolution_of(self.low_res)
 
 
 def plan_step(spec: TrainingSpec, step: int) -> StepPlan:
@@ -301,10 +301,7 @@ class Trainer:
         self.views: dict[tuple[int, bool], SubjectVideoDataset] = {}
         summary = {}
         for index, stage in enumerate(self.spec.stages):
-            parts = [(True, stage.low_resolution)] if stage.low_res_steps else []
-            if stage.steps > stage.low_res_steps:
-                parts.append((False, stage.resolution))
-            for low_res, res in parts:
+            for low_res, res in stage.parts():
                 view, fallback = stage_view(self.dataset, stage, res.frames)
                 self.views[index, low_res] = view
                 part = f"{stage.name}/{'low' if low_res else 'full'}"
@@ -362,9 +359,7 @@ class Trainer:
         if self.precomputed is not None:
             self.pipe, self.scaling_factor = None, self.precomputed.scaling_factor
         else:
-            for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-                module.requires_grad_(False).to(env.device, frozen_dtype)
-            pipe.enable_vae_tiling()  # as precompute encodes: the untiled encode of a 720p clip peaks at 32 GB
+            pipe.freeze_encoders(env.device, frozen_dtype)  # as the precompute phase encodes
             self.pipe, self.scaling_factor = pipe, pipe.vae.config.scaling_factor
         transformer.train()
         self.trainable = [p for p in transformer.parameters() if p.requires_grad]
