@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import sys
 
-LOOPBACK = "127.0.0.1"
+from .processes import LOOPBACK
+
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_ENV = "RAY_AUTH_MODE"
 

@@ -32,12 +32,31 @@ class Replicas(ApiModel):
     gpus_per_replica: float = Field(1.0, ge=0, le=8)
     cpus_per_replica: float = Field(1.0, ge=0, le=256, description="Ray logical CPUs reserved per generator replica")
     max_ongoing_requests: int = Field(1, ge=1, le=64, description="generations a replica runs at once")
+    sequence_parallel: int | None = Field(None, ge=1, le=8, description="processes that run each request together "
+                                          "(Ulysses sequence parallelism: each holds the model and 1/N of the "
+                                          "video's tokens), one per GPU. Default: gpusPerReplica (a whole number), "
+                                          "else 1; on CPU replicas it sets the degree alone")
 
     @model_validator(mode="after")
     def _bounds(self):
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
+        gpus, degree = self.gpus_per_replica, self.sequence_parallel
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"gpusPerReplica above 1 must be a whole number of GPUs, got {gpus:g}")
+        if gpus > 1 and degree is not None and degree != gpus:
+            raise ValueError(f"gpusPerReplica {gpus:g} runs each request on {gpus:g} GPUs, one process each: "
+                             f"sequenceParallel must be {gpus:g} (or left out), got {degree}")
+        if 0 < gpus < 1 and (degree or 1) > 1:
+            raise ValueError(f"sequenceParallel {degree} needs a GPU per process; gpusPerReplica is {gpus:g}")
         return self
+
+    @property
+    def degree(self) -> int:
+        """Processes per replica (the sequence-parallel degree)."""
+        if self.sequence_parallel is not None:
+            return self.sequence_parallel
+        return int(self.gpus_per_replica) if self.gpus_per_replica >= 1 else 1
 
 
 class Limits(ApiModel):

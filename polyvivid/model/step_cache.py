@@ -27,13 +27,19 @@ class StepCache:
         self.rest_residual: torch.Tensor | None = None  # what every later block added then
         self.steps = self.skipped = 0
 
-    def can_skip(self, first_residual: torch.Tensor) -> bool:
-        """Whether this step may reuse the cached residual (and count it)."""
+    def can_skip(self, first_residual: torch.Tensor, group=None) -> bool:
+        """Whether this step may reuse the cached residual (and count it). With the sequence split over a
+        process group, the change is summed over every rank's tokens, so that all of them decide alike."""
         self.steps += 1
         previous = self.first_residual
         if previous is None or previous.shape != first_residual.shape:
             return False
-        change = (first_residual - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)
+        sums = torch.stack([(first_residual - previous).abs().sum(), previous.abs().sum()]).float()
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums, group=group)
+        change = sums[0] / sums[1].clamp_min(1e-12)
         skip = bool(change < self.threshold)
         self.skipped += skip
         return skip

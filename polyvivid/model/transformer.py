@@ -385,12 +385,10 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             return self._run(self.transformer_blocks[i], video, text, temb, attention_mask, video_rope)
 
         cache = self.step_cache if not torch.is_grad_enabled() else None  # sampling only (model/step_cache.py)
-        if cache is not None and sharding is not None:
-            raise ValueError("step caching and context parallelism do not go together yet")
         start = video
         video, text = double(0, video, text)
         first_residual = video - start if cache is not None else None
-        if cache is not None and cache.can_skip(first_residual):
+        if cache is not None and cache.can_skip(first_residual, sharding.group if sharding is not None else None):
             video = video + cache.rest_residual
         else:
             after_first = video

@@ -41,6 +41,7 @@ from .config import TOKEN_ENV
 from .jobs import RECORD_WITHIN_S, JobNotFound, JobRecord, JobStore
 from .schema import (OPENAI_STATUS, JobView, RequestRejected, VideoDeleted, VideoList, VideoRequest, check_request,
                      error_responses, job_view, parse_body)
+from .sequence_parallel import JobCancelled, SequenceGroup, job_inputs, load_replica_pipeline, run_request
 
 log = logging.getLogger("polyvivid.serve")
 
@@ -55,37 +56,33 @@ def _spec(args: dict) -> ServiceSpec:
 
 # --------------------------------------------------------------------------------------------- generator
 
-class JobCancelled(Exception):
-    pass
-
-
 @serve.deployment(max_ongoing_requests=1, health_check_period_s=10)
 class Generator:
     """Holds one pipeline; runs one job at a time per max_ongoing_requests slot, off the event loop."""
 
     def __init__(self, args: dict):
-        import torch
         from ray.serve.metrics import Counter, Histogram
-
-        from ..model.pipeline import load_pipeline
 
         spec = _spec(args)
         self.model_ref = args["model"]
         self.jobs = JobStore(open_store(spec.output))
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        if self.device == "cpu":  # Ray sets no thread limit; take what the replica reserved
-            torch.set_num_threads(max(1, int(spec.replicas.cpus_per_replica)))
-        self.pipe = load_pipeline(self.model_ref, torch_dtype=dtype, base=spec.model.base_model)
-        self.pipe.place(self.device, **spec.memory.model_dump())
-        self.pipe.set_progress_bar_config(disable=True)  # progress goes to the job record instead
+        self.pipe, self.device = load_replica_pipeline(spec, self.model_ref)
+        # N > 1: this actor is rank 0 of N processes that run each request together (serve/sequence_parallel.py)
+        self.group = SequenceGroup(args, spec, self.pipe, self.device) if spec.replicas.degree > 1 else None
         self.generated = Counter(SERVING["generated"].name, SERVING["generated"].help)
         self.seconds = Histogram(SERVING["seconds"].name, SERVING["seconds"].help,
                                  boundaries=[0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600])
-        log.info("generator ready: %s on %s", self.model_ref, self.device)
+        log.info("generator ready: %s on %s x%d", self.model_ref, self.device, spec.replicas.degree)
 
-    async def ready(self) -> str:
-        return self.model_ref
+    def check_health(self) -> None:
+        if self.group is not None and self.group.broken:  # Serve replaces this replica with a fresh group
+            raise RuntimeError("the sequence-parallel group failed during a job")
+
+    async def ready(self) -> dict:
+        """What it serves, and on how many processes (the sequence-parallel group's world size)."""
+        import torch.distributed as dist
+
+        return {"model": self.model_ref, "processes": dist.get_world_size() if self.group is not None else 1}
 
     async def generate(self, job_id: str) -> dict:
         return await asyncio.to_thread(self._generate, job_id)
@@ -94,10 +91,7 @@ class Generator:
         """Run one job. Returns {"status"}, plus "recorded": False with the error when the store took no
         end record (the ingress writes it once the store is back), or {"status": "not_started"} when
         the store could not even be read (the ingress hands the job over again later)."""
-        import io
-
         import torch
-        from PIL import Image
 
         from ..model.request import InvalidRequest
         from ..video import encode_mp4
@@ -107,8 +101,8 @@ class Generator:
             record = with_retries(jobs.read, job_id, what=f"read job {job_id}")
             if record.ended:
                 return {"status": record.status}
-            subjects = [(s.name, Image.open(io.BytesIO(s.image)).convert("RGB"))
-                        for s in with_retries(jobs.subject_images, record, what=f"read the images of job {job_id}")]
+            inputs = job_inputs(record.request, with_retries(jobs.subject_images, record,
+                                                             what=f"read the images of job {job_id}"))
             if jobs.cancel_requested(job_id):
                 record.status, record.finished_at = "cancelled", time.time()
                 return self._record_end(record)
@@ -119,7 +113,6 @@ class Generator:
         except StorageError as e:
             log.warning("job %s not started, the store is unavailable: %s", job_id, e)
             return {"status": "not_started"}
-        req = record.request
         warned = False  # progress and cancel checks are best effort: an outage must not fail the job
 
         def on_step(step: int, total: int) -> None:
@@ -136,10 +129,8 @@ class Generator:
 
         start = time.perf_counter()
         try:
-            frames = self.pipe(req.prompt, subjects, num_frames=req.num_frames, height=req.height,
-                               width=req.width, num_inference_steps=req.steps, guidance_scale=req.guidance,
-                               generator=torch.Generator().manual_seed(req.seed), callback=on_step,
-                               step_cache_threshold=req.step_cache_threshold)
+            frames = run_request(self.pipe, inputs, on_step) if self.group is None else \
+                self.group.generate(inputs, on_step)
             video = encode_mp4(frames, fps=FPS)
             with_retries(jobs.store.write_bytes, jobs.video_key(job_id), video, within_s=RECORD_WITHIN_S,
                          what=f"store the video of job {job_id}")
@@ -288,7 +279,7 @@ class Ingress:
         self.unrecorded: dict[str, tuple[str, str | None]] = {}
         self._accepting = 0  # requests past the queue check whose record is being written
         self._scan_needed = True  # hand over unfinished jobs from the store: at start, and after an outage
-        self._model: str | None = None  # what a generator answered it serves, once one did
+        self._model: dict | None = None  # what a generator answered it serves (model, processes), once one did
         self.inflight_gauge = Gauge(SERVING["inflight"].name, SERVING["inflight"].help)
         self._openapi: dict | None = None
 
@@ -542,20 +533,22 @@ class Ingress:
                 self._model = await asyncio.wait_for(self.generator.ready.remote(), timeout=5)
             except Exception:
                 return JSONResponse({"ready": False}, status_code=503)
-        return {"ready": True, "model": self._model, "inflight": len(self.inflight),
+        return {"ready": True, **self._model, "inflight": len(self.inflight),
                 "queue_length": self.spec.limits.queue_length}
 
 
 # --------------------------------------------------------------------------------------------- builder
 
 def generator_options(spec: ServiceSpec) -> dict[str, Any]:
-    """Serve deployment options of the generator: resources per replica, and a fixed count or
-    autoscaling bounds (Serve scales on queued + running requests per replica)."""
-    r = spec.replicas
-    options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": r.cpus_per_replica, "num_gpus": r.gpus_per_replica},
-        "max_ongoing_requests": r.max_ongoing_requests,
-    }
+    """Serve deployment options of the generator: resources per replica (a placement group of one bundle per
+    process when it runs requests sequence-parallel), and a fixed count or autoscaling bounds (Serve scales
+    on queued + running requests per replica)."""
+    r, n = spec.replicas, spec.replicas.degree
+    each = {"num_cpus": r.cpus_per_replica / n, "num_gpus": r.gpus_per_replica / n}  # one process's share
+    options: dict[str, Any] = {"ray_actor_options": each, "max_ongoing_requests": r.max_ongoing_requests}
+    if n > 1:  # the replica's N processes, one bundle each, on one node (sequence_parallel.SequenceGroup)
+        bundle = {"CPU": each["num_cpus"], **({"GPU": each["num_gpus"]} if each["num_gpus"] else {})}
+        options.update(placement_group_bundles=[bundle] * n, placement_group_strategy="STRICT_PACK")
     if r.min == r.max:
         options["num_replicas"] = r.max
     else:

@@ -20,29 +20,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from datetime import timedelta
 
-from ..processes import die_with_parent
-
-LOOPBACK = "127.0.0.1"
+from ..processes import LOOPBACK, die_with_parent, loopback_interface, loopback_store
 ERROR_PREFIX = "polyvivid: error:"
 STOP_GRACE_S = 120  # a stopped worker finishes its step and uploads a checkpoint first
-
-
-def _loopback_interface() -> str:
-    names = [name for _, name in socket.if_nameindex()]
-    return next((n for n in names if n == "lo" or n.startswith("lo")), "lo")
 
 
 def worker_env(rank: int, nproc: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    iface = _loopback_interface()
+    iface = loopback_interface()
     env.setdefault("GLOO_SOCKET_IFNAME", iface)
     env.setdefault("NCCL_SOCKET_IFNAME", iface)
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
@@ -77,14 +69,7 @@ class _ErrorsOnce:
 def launch(worker_args: list[str], nproc: int, command: str = "train") -> int:
     """Run `python -m polyvivid.cli COMMAND WORKER_ARGS` (train or precompute) as N ranks; returns the exit code
     for the command."""
-    import torch.distributed as dist
-
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(nproc * 4)
-    port = listener.getsockname()[1]
-    store = dist.TCPStore(LOOPBACK, port, world_size=nproc, is_master=True, wait_for_workers=False,
-                          master_listen_fd=listener.detach(), timeout=timedelta(minutes=30))  # the store owns it
+    store, port = loopback_store(nproc, timedelta(minutes=30))
     errors = _ErrorsOnce()
     workers, pumps = [], []
     for rank in range(nproc):

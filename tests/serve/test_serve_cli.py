@@ -43,6 +43,9 @@ def test_print_config_is_the_serve_config_a_rayservice_runs(tmp_path):
     (("--local", "--port", "70000"), {}, {}, "argument --port: 70000 is outside 1..65535"),
     (("--local",), {"limits": {"maxFrames": 8}}, {}, "maxFrames must be of the form 4k+1"),
     (("--local",), {"replicas": {"min": 3, "max": 2}}, {}, "min (3) exceeds max (2)"),
+    (("--local",), {"replicas": {"gpusPerReplica": 2.5}}, {}, "gpusPerReplica above 1 must be a whole number"),
+    (("--local",), {"replicas": {"gpusPerReplica": 4, "sequenceParallel": 2}}, {}, "sequenceParallel must be 4"),
+    (("--local",), {"replicas": {"gpusPerReplica": 0.5, "sequenceParallel": 2}}, {}, "needs a GPU per process"),
 ])
 def test_bad_serve_invocations_exit_2_with_one_line(tmp_path, args, manifest_changes, env, expected):
     spec = write_manifest(tmp_path / "s.yaml", service_manifest(str(tmp_path / "jobs"), **manifest_changes))
@@ -76,3 +79,10 @@ def test_replicas_become_serve_deployment_options():
     scaled = options({"min": 0, "max": 8})
     assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 8, "target_ongoing_requests": 1}
     assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_gpus"] == 1.0
+    # gpusPerReplica 8: each request on 8 processes, one GPU each, packed on one node
+    parallel = options({"gpusPerReplica": 8, "cpusPerReplica": 16})
+    assert parallel["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
+    assert parallel["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}] * 8
+    assert parallel["placement_group_strategy"] == "STRICT_PACK"
+    on_cpu = options({"gpusPerReplica": 0, "cpusPerReplica": 2, "sequenceParallel": 2})
+    assert on_cpu["placement_group_bundles"] == [{"CPU": 1}] * 2
