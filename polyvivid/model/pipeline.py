@@ -284,7 +284,7 @@ class PolyVividPipeline(DiffusionPipeline):
         """Returns frames [F, H, W, 3] uint8 (output_type "np") or the latents ("latent").
 
         guidance_scale feeds HunyuanVideo's embedded (distilled) guidance; true_cfg_scale > 1 adds
-        classifier-free guidance against `negative_prompt` without subjects (two passes per step).
+        classifier-free guidance against `negative_prompt` without subjects (both passes in one batch of two).
         callback(step, total) runs after every denoising step (progress reporting).
         step_cache_threshold > 0 skips the blocks after the first on steps where the first block's residual
         changed by less than that, relatively (model/step_cache.py); self.last_step_cache says how many.
@@ -306,15 +306,18 @@ class PolyVividPipeline(DiffusionPipeline):
         guidance = torch.tensor([guidance_scale * 1000.0], device=device, dtype=dtype) if cfg.guidance_embeds else None
 
         timesteps = self.scheduler.timesteps
+        rows = 1 if uncond is None else 2  # true CFG: the conditioned and unconditional passes in one batch
+        if uncond is not None:
+            cond = batch_conditions([cond, uncond])
+            guidance = guidance.expand(rows) if guidance is not None else None
         with self.progress_bar(total=len(timesteps)) as progress, self._attention(), \
                 self._step_cache(step_cache_threshold):
             for i, t in enumerate(timesteps):
-                timestep = t.expand(1).float()  # fp32, as diffusers: in bf16, 995.1 would be 996
-                noise_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, guidance=guidance,
-                                              **cond).sample
+                timestep = t.expand(rows).float()  # fp32, as diffusers: in bf16, 995.1 would be 996
+                noise_pred = self.transformer(hidden_states=latents.to(dtype).expand(rows, -1, -1, -1, -1),
+                                              timestep=timestep, guidance=guidance, **cond).sample
                 if uncond is not None:
-                    uncond_pred = self.transformer(hidden_states=latents.to(dtype), timestep=timestep,
-                                                   guidance=guidance, **uncond).sample
+                    noise_pred, uncond_pred = noise_pred.chunk(2)
                     noise_pred = uncond_pred + true_cfg_scale * (noise_pred - uncond_pred)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
                 progress.update()
@@ -357,10 +360,15 @@ class PolyVividPipeline(DiffusionPipeline):
 
 def batch_conditions(conditions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One batch from several `encode_conditions` results: captions right-padded (masked out, as
-    HunyuanVideo pads), subject lists padded with masked-out zero subjects."""
-    with_subjects = {"subject_latents" in c for c in conditions}
-    if len(with_subjects) > 1:
-        raise ValueError("cannot batch conditions with subjects and conditions without")
+    HunyuanVideo pads), subject lists padded with masked-out zero subjects (a condition without subjects,
+    as true CFG's unconditional one, gets none present)."""
+    with_subjects = [c for c in conditions if "subject_latents" in c]
+    if with_subjects:  # a condition without subjects becomes a row of none (the model's base path)
+        like = with_subjects[0]
+        conditions = [c if "subject_latents" in c else {
+            **c, "subject_latents": like["subject_latents"][:, :0],
+            "text_positions": like["text_positions"].new_zeros(1, c["encoder_attention_mask"].shape[1], 3),
+            "subject_positions": like["subject_positions"][:, :0]} for c in conditions]
 
     def pad(key: str, length: int) -> torch.Tensor:
         parts = [c[key] for c in conditions]
@@ -370,12 +378,13 @@ def batch_conditions(conditions: list[dict[str, torch.Tensor]]) -> dict[str, tor
     batch = {"encoder_hidden_states": pad("encoder_hidden_states", text_length),
              "encoder_attention_mask": pad("encoder_attention_mask", text_length),
              "pooled_projections": torch.cat([c["pooled_projections"] for c in conditions])}
-    if with_subjects == {True}:
+    if with_subjects:
         counts = [c["subject_latents"].shape[1] for c in conditions]
         batch["text_positions"] = pad("text_positions", text_length)
         batch["subject_latents"] = pad("subject_latents", max(counts))
         batch["subject_positions"] = pad("subject_positions", max(c["subject_positions"].shape[1] for c in conditions))
-        batch["subject_mask"] = torch.arange(max(counts))[None] < torch.tensor(counts)[:, None]
+        device = batch["subject_latents"].device
+        batch["subject_mask"] = torch.arange(max(counts), device=device)[None] < torch.tensor(counts, device=device)[:, None]
     return batch
 
 

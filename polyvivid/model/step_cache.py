@@ -8,8 +8,8 @@ step that ran every block, the rest of the blocks are skipped and the video toke
 rest added at that step. The decision is made on the conditioned stream: the first block has seen this
 step's subject tokens through the injection, and the cached residual holds every later injection's work.
 
-One StepCache serves one generation (the pipeline makes a fresh one per call) and one pass of the
-transformer; the unconditional pass of true CFG has no subjects and runs the base forward, uncached.
+One StepCache serves one generation (the pipeline makes a fresh one per call). With true CFG the
+conditioned and unconditional rows run in one batch, so they skip together, decided on both rows.
 Inference only: a forward that builds a graph for gradients never reads or writes the cache.
 """
 

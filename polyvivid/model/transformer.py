@@ -325,7 +325,8 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
         """Base arguments as HunyuanVideoTransformer3DModel, plus the subjects:
 
         subject_latents    [B, n, C, h, w] clean VAE latents of the subject images (None: plain base model)
-        subject_mask       [B, n] bool, False for padding subjects (None: all present)
+        subject_mask       [B, n] bool, False for padding subjects (None: all present); a row with none
+                           present runs as the plain base model (true CFG's unconditional row in one batch)
         text_positions     [B, L, 3] interaction RoPE positions of the z_T tokens (rope.interaction_positions)
         subject_positions  [B, n*h/p*w/p, 3] positions of the subjects' VAE tokens
         """
@@ -352,6 +353,11 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
             subject_mask = torch.ones(batch, n_subjects, dtype=torch.bool, device=device)
         subject_token_mask = subject_mask.bool().repeat_interleave(sub_h * sub_w, dim=1)
         text_mask = encoder_attention_mask.bool()
+        # rows with no subject take the base model's path: interaction and injection are undone for them
+        # (computed over all subject tokens, so that no attention row is empty, then dropped)
+        present = subject_mask.bool().any(1)
+        conditioned = None if bool(present.all()) else present[:, None, None]
+        injection_mask = subject_token_mask if conditioned is None else subject_token_mask | ~present[:, None]
 
         if self.interaction is not None:
             rope = None
@@ -362,8 +368,9 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
                 t_cos, t_sin = rope_cos_sin(text_positions, cfg.rope_axes_dim, cfg.rope_theta)
                 rope = JointRope(v_cos, v_sin, t_cos, t_sin)
             shared = self.transformer_blocks[cfg.interaction_block]
-            text, subjects = self._run(self.interaction, text, subjects, temb, text_mask,
-                                       subject_token_mask, rope, shared)
+            interacted, subjects = self._run(self.interaction, text, subjects, temb, text_mask,
+                                             injection_mask, rope, shared)
+            text = interacted if conditioned is None else torch.where(conditioned, interacted, text)
 
         n_video = video.shape[1]
         video_mask = torch.ones(batch, n_video, dtype=torch.bool, device=device)
@@ -381,7 +388,9 @@ class PolyVividTransformer(HunyuanVideoTransformer3DModel):
 
         def double(i, video, text):
             if self.identity_injection is not None:
-                video = self._run(self.identity_injection[i], video, subjects, subject_token_mask, self.transformer_blocks[i])
+                injected = self._run(self.identity_injection[i], video, subjects, injection_mask,
+                                     self.transformer_blocks[i])
+                video = injected if conditioned is None else torch.where(conditioned, injected, video)
             return self._run(self.transformer_blocks[i], video, text, temb, attention_mask, video_rope)
 
         cache = self.step_cache if not torch.is_grad_enabled() else None  # sampling only (model/step_cache.py)

@@ -214,8 +214,30 @@ def test_a_padded_batch_gives_each_sample_what_it_gets_alone():
         alone = [pipe.transformer(hidden_states=latents[i:i + 1], timestep=step["timestep"][i:i + 1],
                                   guidance=step["guidance"][i:i + 1], **c).sample for i, c in enumerate(conditions)]
     assert torch.allclose(together, torch.cat(alone), atol=1e-5)
-    with pytest.raises(ValueError, match="with subjects and conditions without"):
-        batch_conditions([conditions[0], pipe.encode_conditions("A man waves", [])])
+
+
+@pytest.mark.parametrize("injection", ["cross_attention", "token_concat", "adapter"])
+def test_true_cfg_batches_the_unconditional_pass_as_the_base_model_computes_it(injection):
+    """A condition without subjects batched with one that has them: its row is exactly the subject-free base
+    forward (no interaction, no injection), and true CFG's one batch equals its two passes."""
+    pipe = PolyVividPipeline.from_preset("tiny", seed=3, injection=injection)
+    with torch.no_grad():  # PolyVivid's zero-initialised weights made nonzero, so that the subjects matter
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name or name.startswith("identity_injection."):
+                p.normal_(std=0.2)
+    cond = pipe.encode_conditions("A man plays the guitar on a long sandy beach at dusk", subjects())
+    uncond = pipe.encode_conditions("blurry", [])
+    batch = batch_conditions([cond, uncond])
+    assert batch["subject_mask"].tolist() == [[True, True], [False, False]]
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    step = dict(timestep=torch.tensor([700.0]), guidance=torch.tensor([1000.0]))
+    with torch.no_grad():
+        together = pipe.transformer(hidden_states=latents.expand(2, -1, -1, -1, -1), timestep=step["timestep"].expand(2),
+                                    guidance=step["guidance"].expand(2), **batch).sample
+        conditioned = pipe.transformer(hidden_states=latents, **step, **cond).sample
+        base = pipe.transformer(hidden_states=latents, **step, **uncond).sample  # HunyuanVideo's own forward
+    assert torch.allclose(together[:1], conditioned, atol=1e-5) and torch.allclose(together[1:], base, atol=1e-5)
+    assert (conditioned - base).abs().max() > 1e-2  # the subjects do change the conditioned row
 
 
 def test_a_random_preset_starts_its_interaction_block_as_a_copy_of_the_base_block():
