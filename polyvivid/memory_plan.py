@@ -1,6 +1,7 @@
-"""The training memory planner: per GPU, for each stage and resolution of a PolyVividTraining, the estimated
-parameters, gradients, optimizer state, activations and peak, and whether they fit (`polyvivid plan`, and the
-operator, which refuses a spec that cannot fit).
+"""The memory planner: per GPU, for each stage and resolution of a PolyVividTraining, the estimated
+parameters, gradients, optimizer state, activations and peak, and whether they fit; and for a
+PolyVividService, each phase of its largest request (`polyvivid plan`, and the operator, which refuses a
+spec that cannot fit).
 
 An analytic model, torch-free so that the operator can run it:
 - Parameter counts are closed-form in the transformer config (diffusers' HunyuanVideo blocks, PolyVivid's
@@ -21,6 +22,13 @@ An analytic model, torch-free so that the operator can run it:
   spec.precompute training never builds them (the precompute phase before it holds only the encoders).
 - RESERVED_GIB covers the CUDA context, NCCL and cuBLAS workspaces and allocator fragmentation.
 The planner is validated against the measured peak of a training step at a small shape on CPU (tests).
+
+Serving (service_plan) holds no gradients: a replica process keeps the transformer's weights (bf16, fp8
+with memory.fp8Weights, two blocks with memory.groupOffload), the VAE, the encoders while a request is
+encoded (always, with memory.offloadEncoders false), and the working set of one block at a time
+(INFERENCE_ACTIVATIONS per local token, measured with live-storage tracking on the real modules), plus the
+step cache's residuals. Rank 0 decodes: VAE_DECODE_BYTES_PER_PIXEL untiled, at most VAE_TILED_DECODE with
+tiling, plus the decoded video itself.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ ENCODER_PARAMS = {"hunyuan-13b": {"llava": 8_355_272_704, "clip_text": 123_060_4
                   "tiny": {"llava": 73_824, "clip_text": 7_696, "vae": 790_531}}
 SHAPE_OF_REAL_WEIGHTS = "hunyuan-13b"  # a spec with hunyuanvideo/llava URIs: the published models' shapes
 TEXT_TOKENS = 256  # HunyuanVideo's text length (LLaVA prompt template, cropped)
+INFERENCE_ACTIVATIONS = 19.0  # D-units a token, no grad: one block's working set (tests/test_memory_plan.py)
+STEP_CACHE_RESIDUALS = 3.0  # D-units a video token: the cached first and rest residuals and this step's first
+# HunyuanVideo's VAE decode of 720p x 129 frames measured 37 GB untiled and 3.6 GB tiled (issue 22): the
+# untiled decode grows with the output's pixels, the tiled one is bounded by its tile
+VAE_DECODE_BYTES_PER_PIXEL = 37e9 / (129 * 720 * 1280)
+VAE_TILED_DECODE = 3.6e9
 
 
 def _linear(i: int, o: int, bias: bool = True) -> int:
@@ -293,3 +307,83 @@ def refusal(spec: TrainingSpec) -> str | None:
 def _advice(spec: TrainingSpec) -> str:
     cp = smallest_context_parallel(spec)
     return f" (contextParallel {cp} would fit)" if cp and cp != spec.context_parallel else ""
+
+
+# --------------------------------------------------------------------------------------------- serving
+
+@dataclass(frozen=True)
+class ServicePlanRow:
+    phase: str  # encode (prompt and subjects), denoise, decode (rank 0)
+    size: str  # the largest request: FRAMESxHEIGHTxWIDTH
+    subjects: int
+    processes: int  # the replica's sequence-parallel degree
+    transformer_gib: float
+    encoders_gib: float  # LLaVA and CLIP
+    vae_gib: float
+    activations_gib: float  # denoise: a block's working set; decode: the VAE's
+    reserved_gib: float
+    per_gpu_gib: float
+    gpu_memory_gib: float
+    fits: bool
+
+
+def service_plan(spec, gpu_memory_gib: float | None = None) -> list[ServicePlanRow]:
+    """Per GPU of a replica, for the largest request the service accepts (its limits), each phase."""
+    from .model.presets import get_preset
+
+    preset = spec.model.preset or SHAPE_OF_REAL_WEIGHTS
+    config = dict(get_preset(preset).transformer)
+    memory, limits, n = spec.memory, spec.limits, spec.replicas.degree
+    gpu = gpu_memory_gib if gpu_memory_gib is not None else spec.worker.gpu_memory_gib
+    counts = parameter_counts(config)
+    d = config.get("num_attention_heads", 24) * config.get("attention_head_dim", 128)
+    weight_bytes = 1 if memory.fp8_weights else 2
+    stored = counts.base + counts.interaction_copy + counts.own_total
+    transformer = (2 * counts.largest_unit + counts.root_unit if memory.group_offload else stored) * weight_bytes
+    encoders = (ENCODER_PARAMS[preset]["llava"] + ENCODER_PARAMS[preset]["clip_text"]) * 2
+    vae = ENCODER_PARAMS[preset]["vae"] * 2
+    vision = get_preset(preset).llava_vision
+    text = TEXT_TOKENS + limits.max_subjects * (vision["image_size"] // vision["patch_size"]) ** 2
+    video = video_tokens(limits.max_frames, limits.max_height, limits.max_width, config)
+    local_video, local_text = math.ceil(video / n), math.ceil(text / n)
+    working = INFERENCE_ACTIVATIONS * (local_video + local_text) + STEP_CACHE_RESIDUALS * local_video
+    if n > 1:
+        working += ULYSSES_TRANSIENT * (local_video + local_text)
+    pixels = limits.max_frames * limits.max_height * limits.max_width
+    untiled = VAE_DECODE_BYTES_PER_PIXEL * pixels
+    decode = (min(untiled, VAE_TILED_DECODE) if memory.vae_tiling else untiled) + pixels * 3 * 2 * 2  # + bf16 video, twice
+    resident_encoders = 0.0 if memory.offload_encoders else encoders
+    phases = {"encode": (encoders, 0.0), "denoise": (resident_encoders, working * d * 2),
+              "decode": (resident_encoders, decode)}
+    rows = []
+    for phase, (held_encoders, activations) in phases.items():
+        parts = [transformer, held_encoders, vae, activations, RESERVED_GIB * GIB]
+        peak = sum(parts) / GIB
+        rows.append(ServicePlanRow(phase, f"{limits.max_frames}x{limits.max_height}x{limits.max_width}",
+                                   limits.max_subjects, n, *(round(x / GIB, 2) for x in parts), round(peak, 2), gpu,
+                                   peak <= gpu))
+    return rows
+
+
+def service_refusal(spec) -> str | None:
+    """Why a service's replicas cannot run its largest request (the degree against the model's heads, or a
+    phase that does not fit its GPUs), as "spec.FIELD: why", or None. CPU services are not planned."""
+    from .model.presets import get_preset
+
+    n = spec.replicas.degree
+    heads = get_preset(spec.model.preset or SHAPE_OF_REAL_WEIGHTS).transformer["num_attention_heads"]
+    if heads % n:
+        return f"spec.replicas: {n} processes a replica do not divide the model's {heads} attention heads"
+    if spec.replicas.gpus_per_replica == 0:
+        return None
+    for row in service_plan(spec):
+        if not row.fits:
+            return (f"spec.limits: a {row.size} request with {row.subjects} subjects needs an estimated "
+                    f"{row.per_gpu_gib:.1f} GiB per GPU while it {_PHASE_VERB[row.phase]} (transformer "
+                    f"{row.transformer_gib}, encoders {row.encoders_gib}, VAE {row.vae_gib}, activations "
+                    f"{row.activations_gib}, reserved {row.reserved_gib}) of {row.gpu_memory_gib:g} GiB; see "
+                    f"`polyvivid plan`")
+    return None
+
+
+_PHASE_VERB = {"encode": "is encoded", "denoise": "denoises", "decode": "is decoded"}

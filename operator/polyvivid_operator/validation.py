@@ -132,6 +132,9 @@ def check_service(spec, config: OperatorConfig) -> None:
         raise InvalidSpec(f"spec.replicas: a replica needs {spec.replicas.gpus_per_replica} GPUs and "
                           f"{spec.replicas.cpus_per_replica} CPUs, a worker pod has {spec.worker.gpus} and "
                           f"{spec.worker.cpus} (spec.worker)") from None
+    too_big = memory_plan.service_refusal(spec)  # replicas that could not split or hold the largest request
+    if too_big:
+        raise InvalidSpec(too_big)
 
 
 # kind -> (model, its artifact URIs (field, URI or None), its own checks)

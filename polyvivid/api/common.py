@@ -98,6 +98,8 @@ class WorkerShape(ApiModel):
     cpus: int = Field(8, ge=1, le=512, description="CPU cores per worker pod")
     memory: str = Field("64Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
                         description="memory per worker pod (a Kubernetes quantity)")
+    gpu_memory_gib: float = Field(80.0, gt=0, le=1024, description="memory of one of its GPUs (H100: 80, H200: "
+                                  "141); the memory planner checks a service's largest request against it")
 
 
 def field_path(loc: tuple | list, root: str = "") -> str:

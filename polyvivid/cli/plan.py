@@ -1,4 +1,5 @@
-"""`polyvivid plan`: the memory planner's estimate, per GPU, for each stage and resolution of a training."""
+"""`polyvivid plan`: the memory planner's estimate, per GPU, for each stage and resolution of a training, or
+for each phase of a service's largest request."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from .options import UsageError
 
 COLUMNS = ("stage", "resolution", "size", "video_tokens", "params_gib", "grads_gib", "optimizer_gib", "gathered_gib",
            "encoders_gib", "activations_gib", "reserved_gib", "per_gpu_gib", "fits")
+SERVICE_COLUMNS = ("phase", "size", "subjects", "processes", "transformer_gib", "encoders_gib", "vae_gib",
+                   "activations_gib", "reserved_gib", "per_gpu_gib", "fits")
 
 
 def gib(text: str) -> float:
@@ -24,28 +27,46 @@ def gib(text: str) -> float:
 
 def register(subparsers) -> None:
     plan = subparsers.add_parser(
-        "plan", help="estimate a training's GPU memory before it runs",
-        description="Per GPU, for each stage and resolution of a PolyVividTraining: the estimated parameters, "
+        "plan", help="estimate a training's or a service's GPU memory before it runs",
+        description="For a PolyVividTraining, per GPU, for each stage and resolution: the estimated parameters, "
                     "gradients, optimizer state, all-gathered blocks (FSDP), frozen encoders, activations, a "
-                    "reserve, the peak, and whether it fits. The operator refuses a spec that does not fit. The "
-                    "model is analytic (polyvivid/memory_plan.py); README \"Training at scale\" says how it was "
-                    "validated.",
+                    "reserve, the peak, and whether it fits. For a PolyVividService, per GPU of a replica, for "
+                    "its largest request (spec.limits): the transformer, the encoders, the VAE and the working "
+                    "memory while the request is encoded, denoised and decoded, with spec.memory's choices. "
+                    "The operator refuses a spec that does not fit. The model is analytic "
+                    "(polyvivid/memory_plan.py); README \"Training at scale\" and \"Serving at scale\" say how it "
+                    "was validated.",
         epilog="examples:\n  polyvivid plan manifests/examples/training.yaml\n"
-               "  polyvivid plan manifests/examples/training.yaml --gpu-memory 141GiB --json",
+               "  polyvivid plan manifests/examples/training.yaml --gpu-memory 141GiB --json\n"
+               "  polyvivid plan manifests/examples/service.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan.add_argument("spec", help="a PolyVividTraining manifest (YAML)")
+    plan.add_argument("spec", help="a PolyVividTraining or PolyVividService manifest (YAML)")
     plan.add_argument("--gpu-memory", type=gib, default=None,
-                      help="memory of one GPU, e.g. 80GiB or 141GiB (default: the spec's resources.gpuMemoryGib, 80)")
+                      help="memory of one GPU, e.g. 80GiB or 141GiB (default: the spec's resources.gpuMemoryGib "
+                           "or worker.gpuMemoryGib, 80)")
     plan.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     plan.set_defaults(run=run)
 
 
+def _print_table(columns: tuple[str, ...], rows) -> None:
+    table = [[str(getattr(row, c)) if c != "fits" else ("yes" if row.fits else "NO") for c in columns] for row in rows]
+    headers = [c.removesuffix("_gib") for c in columns]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    for line in [headers, *table]:
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+
+
 def run(args) -> int:
-    from ..api import PolyVividTraining, SpecError, load_resource
+    from ..api import PolyVividService, PolyVividTraining, SpecError, load_resource
+    from ..api.common import read_manifest_documents
     from ..memory_plan import plan
 
     try:
+        documents = read_manifest_documents(args.spec)
+        kind = documents[0].get("kind") if len(documents) == 1 and isinstance(documents[0], dict) else None
+        if kind == "PolyVividService":
+            return _plan_service(load_resource(args.spec, PolyVividService).spec, args)
         spec = load_resource(args.spec, PolyVividTraining).spec
     except SpecError as e:
         raise UsageError(f"{args.spec}: {e}") from None
@@ -61,12 +82,7 @@ def run(args) -> int:
         split = f", contextParallel {spec.context_parallel}" if spec.context_parallel > 1 else ""
         print(f"{spec.parallelism} over {world} GPU{'s' * (world > 1)}{split}, {rows[0].gpu_memory_gib:g} GiB each; "
               f"GiB per GPU:")
-        table = [[str(getattr(row, c)) if c != "fits" else ("yes" if row.fits else "NO") for c in COLUMNS]
-                 for row in rows]
-        headers = [c.removesuffix("_gib") for c in COLUMNS]
-        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-        for line in [headers, *table]:
-            print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+        _print_table(COLUMNS, rows)
         if not all(row.fits for row in rows):
             from ..memory_plan import smallest_context_parallel
 
@@ -75,3 +91,28 @@ def run(args) -> int:
             print(f"does not fit; with contextParallel {cp} it would" if cp else
                   "does not fit at any contextParallel: more memory per GPU, or a smaller resolution")
     return 0 if all(row.fits for row in rows) else 1
+
+
+def _plan_service(spec, args) -> int:
+    from ..memory_plan import service_plan, service_refusal
+
+    if spec.replicas.gpus_per_replica == 0:
+        print("CPU replicas (replicas.gpusPerReplica 0): host memory is not planned")
+        return 0
+    rows = service_plan(spec, args.gpu_memory)
+    if args.json:
+        for row in rows:
+            print(json.dumps(asdict(row)))
+    else:
+        n = spec.replicas.degree
+        print(f"a replica of {n} process{'es' * (n > 1)}, one GPU of {rows[0].gpu_memory_gib:g} GiB each; the "
+              f"largest request; GiB per GPU (decode: rank 0):")
+        _print_table(SERVICE_COLUMNS, rows)
+        if not all(row.fits for row in rows):
+            print("does not fit: turn on memory.vaeTiling / offloadEncoders / fp8Weights / groupOffload, or lower "
+                  "spec.limits")
+    unsplittable = service_refusal(spec.model_copy(update={"replicas": spec.replicas.model_copy(
+        update={"gpus_per_replica": 0.0, "sequence_parallel": spec.replicas.degree})}))  # the heads check alone
+    if unsplittable:
+        print(unsplittable)
+    return 0 if all(row.fits for row in rows) and not unsplittable else 1
