@@ -488,8 +488,14 @@ SERVE_REQUEST = dict(num_frames=17, height=256, width=256, steps=8, seed=0)  # ~
 def serve(args) -> dict:
     """End-to-end HTTP latency of a tiny generation through local Ray Serve (submit, long-poll the job,
     download the mp4) against the same pipeline call in this process (target ratio <= 1.15 for a
-    generation of >= 2 s); then jobs/s for 4 concurrent jobs with 1 and with 2 generator replicas
-    sharing the machine's cores."""
+    generation of >= 2 s). Then, each as seconds in the replica (start to stored video):
+    - the subject-encoding cache: a new prompt (a miss: LLaVA, CLIP and the VAE run) against the same one;
+    - the step cache: the same request with step_cache_threshold 0.3 against without (the tiny model's
+      random weights change a lot between steps; see the step_cache line);
+    - sequence parallelism: one replica of 2 processes (gloo, each with half the cores) against one of 1
+      process with all of them, and the mean pixel difference of their videos (0-255) beside the codec's
+      floor (tests/serve/test_sequence_parallel.py checks the latents: within 1e-5);
+    and jobs/s for 4 concurrent jobs with 1 and with 2 generator replicas sharing the machine's cores."""
     import os
     import socket
     import tempfile
@@ -497,16 +503,17 @@ def serve(args) -> dict:
 
     import secrets
 
+    import numpy as np
     import ray
     from ray import serve as ray_serve
 
     from polyvivid.api import PolyVividService, load_resource
     from polyvivid.model.pipeline import PolyVividPipeline
     from polyvivid.samples import draw_subject
-    from polyvivid.serve.app import build_app
+    from polyvivid.serve.app import FPS, build_app
     from polyvivid.serve.client import Client
     from polyvivid.serve.config import APP_NAME, TOKEN_ENV, serve_config_args
-    from polyvivid.video import png_bytes
+    from polyvivid.video import decode_mp4, encode_mp4, png_bytes
 
     token = os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)  # the replicas inherit it, as in serve --local
     cores = os.cpu_count() or 2
@@ -518,18 +525,19 @@ def serve(args) -> dict:
     direct = []
     for _ in range(args.serve_repeats + 1):  # the first call warms up
         start = time.perf_counter()
-        pipe(prompt, subjects, num_frames=req["num_frames"], height=req["height"], width=req["width"],
-             num_inference_steps=req["steps"], guidance_scale=6.0, generator=torch.Generator().manual_seed(0))
+        direct_frames = pipe(prompt, subjects, num_frames=req["num_frames"], height=req["height"], width=req["width"],
+                             num_inference_steps=req["steps"], guidance_scale=6.0,
+                             generator=torch.Generator().manual_seed(0))
         direct.append(time.perf_counter() - start)
     direct_s = statistics.median(direct[1:])
     del pipe
 
-    def spec(replicas: int):
+    def spec(replicas: int, processes: int = 1):
         return load_resource({"apiVersion": "polyvivid.io/v1alpha1", "kind": "PolyVividService",
                               "metadata": {"name": "bench"}, "spec": {
                                   "model": {"preset": "tiny"}, "output": tempfile.mkdtemp(prefix="polyvivid-serve-"),
                                   "replicas": {"min": replicas, "max": replicas, "gpusPerReplica": 0,
-                                               "cpusPerReplica": cores / replicas},
+                                               "cpusPerReplica": cores / replicas, "sequenceParallel": processes},
                                   "limits": {"maxFrames": 33, "maxHeight": 256, "maxWidth": 256, "maxSteps": 8},
                                   "defaults": {"numFrames": 17, "height": 256, "width": 256, "steps": 8}}},
                              PolyVividService).spec
@@ -545,14 +553,23 @@ def serve(args) -> dict:
 
         in_replica = []
 
-        def one_job() -> float:
+        videos = []
+
+        def one_job(text: str = prompt, **settings) -> float:
             start = time.perf_counter()
-            job = client.submit(prompt, images, **req)
+            job = client.submit(text, images, **dict(req, **settings))
             final = client.wait(job["id"], poll_s=1.0)  # long polls: answered when the job ends
             assert final["status"] == "completed", final
-            client.download(job["id"])
+            videos.append(client.download(job["id"]))
             in_replica.append(final["finished_at"] - final["started_at"])
             return time.perf_counter() - start
+
+        def in_replica_s(jobs) -> float:
+            """The median seconds in the replica of the jobs run by `jobs` (a list of zero-argument calls)."""
+            del in_replica[:]
+            for job in jobs:
+                job()
+            return statistics.median(in_replica)
 
         def throughput(jobs: int = 4) -> float:
             start = time.perf_counter()
@@ -567,11 +584,27 @@ def serve(args) -> dict:
         client.wait_ready(120)
         http = [one_job() for _ in range(args.serve_repeats + 1)]
         http_s, replica_s = statistics.median(http[1:]), statistics.median(in_replica[1:])
+        one_process_video = videos[-1]
+        repeats = range(args.serve_repeats)
+        miss_s = in_replica_s([lambda i=i: one_job(f"{prompt}, take {i}") for i in repeats])  # new prompts
+        hit_s = in_replica_s([one_job for _ in repeats])
+        cached_s = in_replica_s([lambda: one_job(step_cache_threshold=0.3) for _ in repeats])
         one_replica = throughput()
-        ray_serve.delete(APP_NAME)  # an in-place update would start the new replicas before the old free the CPUs
-        ray_serve.run(build_app(serve_config_args(spec(2))), name=APP_NAME, route_prefix="/")
-        client.wait_ready(120)
-        one_job()  # warm both replicas' first call
+
+        def redeploy(app_spec) -> None:
+            ray_serve.delete(APP_NAME)  # an in-place update would start the new replicas before the old free the CPUs
+            ray_serve.run(build_app(serve_config_args(app_spec)), name=APP_NAME, route_prefix="/")
+            client.wait_ready(120)
+            one_job()  # warm every replica's first call
+
+        redeploy(spec(1, processes=2))
+        parallel_s = in_replica_s([one_job for _ in repeats])
+        # libx264 turns a one-level change in a few pixels into a visible difference of the noisy tiny-model
+        # video, so the floor is one process's video against this process's frames through the same codec
+        parallel_diff, codec_floor = (float(np.abs(decode_mp4(a).astype(np.float32) - decode_mp4(b).astype(np.float32)).mean())
+                                      for a, b in ((videos[-1], one_process_video),
+                                                   (one_process_video, encode_mp4(direct_frames, fps=FPS))))
+        redeploy(spec(2))
         two_replicas = throughput()
     finally:
         ray_serve.shutdown()
@@ -579,8 +612,16 @@ def serve(args) -> dict:
     ratio = http_s / direct_s
     return {"name": "serve", "device": f"cpu x{cores} (local Ray Serve)", "request": req,
             "seconds": {"in_process": round(direct_s, 3), "http_end_to_end": round(http_s, 3),
-                        "in_replica_start_to_stored": round(replica_s, 3)},
-            "ratio": {"http/in_process": round(ratio, 4)},
+                        "in_replica_start_to_stored": round(replica_s, 3),
+                        "in_replica_encoding_cache_miss": round(miss_s, 3),
+                        "in_replica_step_cache_0.3": round(cached_s, 3),
+                        "in_replica_sequence_parallel_2": round(parallel_s, 3)},
+            "ratio": {"http/in_process": round(ratio, 4), "encoding_cache_hit/miss": round(hit_s / miss_s, 4),
+                      "step_cache_speedup": round(hit_s / cached_s, 4),
+                      "sequence_parallel_2/1": round(parallel_s / hit_s, 4)},
+            "encoding_cache_saving_s": round(miss_s - hit_s, 3),
+            "mean_abs_pixel_difference": {"sequence_parallel_2_vs_1": round(parallel_diff, 3),
+                                          "one_process_vs_in_process_codec_floor": round(codec_floor, 3)},
             "jobs_per_s": {"1_replica": round(one_replica, 3), "2_replicas": round(two_replicas, 3)},
             "target_ratio": 1.15, "pass": bool(ratio <= 1.15 and direct_s >= 2.0)}
 

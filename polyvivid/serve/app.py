@@ -90,13 +90,16 @@ class Generator:
     def _generate(self, job_id: str) -> dict:
         """Run one job. Returns {"status"}, plus "recorded": False with the error when the store took no
         end record (the ingress writes it once the store is back), or {"status": "not_started"} when
-        the store could not even be read (the ingress hands the job over again later)."""
+        the store could not even be read or this replica's group is broken (the ingress hands the job over
+        again later)."""
         import torch
 
         from ..model.request import InvalidRequest
         from ..video import encode_mp4
 
         jobs = self.jobs
+        if self.group is not None and self.group.broken:  # left queued: the ingress hands it to the replacement
+            return {"status": "not_started"}
         try:
             record = with_retries(jobs.read, job_id, what=f"read job {job_id}")
             if record.ended:

@@ -42,6 +42,10 @@ class JobCancelled(Exception):
     pass
 
 
+class GroupFailed(RuntimeError):
+    """A job's group failed under it: a process stopped, a rank failed alone, or a collective timed out."""
+
+
 def load_replica_pipeline(spec: ServiceSpec, model_ref: str):
     """The pipeline one process of a replica serves, placed as spec.memory says; and its device."""
     import torch
@@ -173,15 +177,14 @@ class SequenceGroup:
             ray.get(shares)
             raise
         except Exception as e:
-            if not _same_failure_everywhere(shares, e):
-                self.broken = True
-            raise
+            if _same_failure_everywhere(shares, e):
+                raise
+            self.broken = True
+            log.exception("sequence-parallel group failed")
+            raise GroupFailed("a process of this sequence-parallel replica failed during the job; the replica is "
+                              "being replaced: submit the job again") from None
         ray.get(shares)
         return frames
-
-    def shutdown(self) -> None:
-        for worker in self.workers:
-            ray.kill(worker)
 
 
 def _same_failure_everywhere(shares, error: Exception) -> bool:

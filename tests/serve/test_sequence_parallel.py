@@ -5,12 +5,14 @@
   step cache, and the cache skips the same steps on both ranks.
 - Through `polyvivid serve --local` with sequenceParallel 2: the replica forms its group of two Ray actors
   in Serve's placement group, its videos match one process's, a cancel stops both ranks, and the group
-  serves on afterwards.
+  serves on afterwards; a worker killed mid-job fails that job, and a fresh replica serves the next.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -107,6 +109,20 @@ def test_a_sequence_parallel_replica_serves_what_one_process_makes_and_cancels_o
 
         again = client.submit(PROMPT, IMAGES, **dict(settings, step_cache_threshold=0.3))  # the group serves on
         assert client.wait(again["id"], poll_s=0.2, timeout_s=180)["status"] == "completed"
+
+        # A worker killed mid-job: the job fails with the reason (not stuck), Serve replaces the replica (its
+        # health check fails) with a fresh group, and the next job completes.
+        doomed = client.submit(PROMPT, IMAGES, **dict(settings, steps=200))
+        while client.status(doomed["id"])["status"] == "queued":
+            pass
+        workers = subprocess.run(["pgrep", "-f", "ray::SequenceWorker"], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1, workers
+        os.kill(int(workers[0]), signal.SIGKILL)
+        failed = client.wait(doomed["id"], poll_s=0.2, timeout_s=120)
+        assert failed["status"] == "failed" and "submit the job again" in failed["error"]["message"], failed
+        after = client.submit(PROMPT, IMAGES, **settings)
+        assert client.wait(after["id"], poll_s=0.5, timeout_s=300)["status"] == "completed"
+        assert decode_mp4(client.download(after["id"])).shape == served.shape
 
     # One process, in this one, through the same codec (libx264 wobbles slightly between processes).
     pipe = load_pipeline("tiny")
