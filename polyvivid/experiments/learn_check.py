@@ -445,6 +445,46 @@ def run(cfg: LearnCheckConfig, log=print, videos_dir: str | Path | None = None,
     return report
 
 
+def step_cache_sweep(model_dir: str | Path, cfg: LearnCheckConfig, thresholds: tuple[float, ...],
+                     log=print) -> dict:
+    """What the step cache does to identity, on a full model a learn-check run kept (`--keep DIR`:
+    DIR/full_seed_0) with the same data seed: every held-out case generated without the cache and at each
+    threshold. Per threshold: the share of steps skipped, seconds per video, the mean identity score and its
+    paired change against no cache, with the change's standard error."""
+    from ..model.pipeline import load_pipeline
+
+    torch.set_num_threads(cfg.threads)
+    cases = make_clips(cfg.cases, cfg.seed + 1000, cfg, max_subjects=1)  # the run's held-out cases
+    targets = [reference_chromaticity(c.subjects[0]) for c in cases]
+    pipe = load_pipeline(str(model_dir))
+    pipe.set_progress_bar_config(disable=True)
+    seed = cfg.generation_seeds[0]
+
+    def identities(threshold: float) -> tuple[np.ndarray, float, float]:
+        scores, skipped, started = [], 0, time.perf_counter()
+        for case, target in zip(cases, targets):
+            video = generate(pipe, case, case.references, seed, cfg, threshold)
+            skipped += pipe.last_step_cache.skipped if threshold else 0
+            scores.append(subject_similarity(video, case.background, target).identity)
+        seconds = (time.perf_counter() - started) / len(cases)
+        return np.array(scores), skipped / (len(cases) * cfg.generation_steps), seconds
+
+    uncached, _, uncached_s = identities(0.0)
+    log(f"no cache: identity {uncached.mean():.4f}, {uncached_s:.3f} s a video")
+    rows = []
+    for threshold in thresholds:
+        scores, share, seconds = identities(threshold)
+        change = scores - uncached
+        rows.append({"threshold": threshold, "steps_skipped": round(share, 4), "seconds_per_video": round(seconds, 4),
+                     "speedup": round(uncached_s / seconds, 3), "identity": round(float(scores.mean()), 4),
+                     "identity_change": round(float(change.mean()), 4),
+                     "identity_change_se": round(float(change.std(ddof=1) / math.sqrt(len(change))), 4)})
+        log(f"threshold {threshold:g}: {rows[-1]}")
+    return {"model": str(model_dir), "seed": cfg.seed, "cases": len(cases), "steps": cfg.generation_steps,
+            "identity_no_cache": round(float(uncached.mean()), 4), "seconds_per_video_no_cache": round(uncached_s, 4),
+            "thresholds": rows}
+
+
 def verdict(cfg: LearnCheckConfig, scores: dict[str, np.ndarray], losses: dict, vae_loss: float,
             seconds: float) -> dict:
     """The table and the checks from per-case scores ([cases, 3]: similarity, identity, right colour);
