@@ -365,17 +365,24 @@ def service_plan(spec, gpu_memory_gib: float | None = None) -> list[ServicePlanR
     return rows
 
 
-def service_refusal(spec) -> str | None:
-    """Why a service's replicas cannot run its largest request (the degree against the model's heads, or a
-    phase that does not fit its GPUs), as "spec.FIELD: why", or None. CPU services are not planned."""
+def sequence_parallel_refusal(spec) -> str | None:
+    """Why a service's replicas cannot split a request over their processes (the degree against the model's
+    attention heads), or None."""
     from .model.presets import get_preset
 
     n = spec.replicas.degree
     heads = get_preset(spec.model.preset or SHAPE_OF_REAL_WEIGHTS).transformer["num_attention_heads"]
     if heads % n:
         return f"spec.replicas: {n} processes a replica do not divide the model's {heads} attention heads"
-    if spec.replicas.gpus_per_replica == 0:
-        return None
+    return None
+
+
+def service_refusal(spec) -> str | None:
+    """Why a service's replicas cannot run its largest request (the degree against the model's heads, or a
+    phase that does not fit its GPUs), as "spec.FIELD: why", or None. CPU services are not planned."""
+    unsplittable = sequence_parallel_refusal(spec)
+    if unsplittable or spec.replicas.gpus_per_replica == 0:
+        return unsplittable
     for row in service_plan(spec):
         if not row.fits:
             return (f"spec.limits: a {row.size} request with {row.subjects} subjects needs an estimated "

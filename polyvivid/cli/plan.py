@@ -49,7 +49,13 @@ def register(subparsers) -> None:
     plan.set_defaults(run=run)
 
 
-def _print_table(columns: tuple[str, ...], rows) -> None:
+def _print_rows(rows, columns: tuple[str, ...], title: str, as_json: bool) -> None:
+    """One JSON object per row, or the title and a table of `columns` (GiB without the suffix)."""
+    if as_json:
+        for row in rows:
+            print(json.dumps(asdict(row)))
+        return
+    print(title)
     table = [[str(getattr(row, c)) if c != "fits" else ("yes" if row.fits else "NO") for c in columns] for row in rows]
     headers = [c.removesuffix("_gib") for c in columns]
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
@@ -74,45 +80,36 @@ def run(args) -> int:
         print("CPU training (resources.gpusPerNode 0): host memory is not planned")
         return 0
     rows = plan(spec, args.gpu_memory)
-    if args.json:
-        for row in rows:
-            print(json.dumps(asdict(row)))
-    else:
-        world = spec.resources.world_size
-        split = f", contextParallel {spec.context_parallel}" if spec.context_parallel > 1 else ""
-        print(f"{spec.parallelism} over {world} GPU{'s' * (world > 1)}{split}, {rows[0].gpu_memory_gib:g} GiB each; "
-              f"GiB per GPU:")
-        _print_table(COLUMNS, rows)
-        if not all(row.fits for row in rows):
-            from ..memory_plan import smallest_context_parallel
+    world = spec.resources.world_size
+    split = f", contextParallel {spec.context_parallel}" if spec.context_parallel > 1 else ""
+    _print_rows(rows, COLUMNS, f"{spec.parallelism} over {world} GPU{'s' * (world > 1)}{split}, "
+                f"{rows[0].gpu_memory_gib:g} GiB each; GiB per GPU:", args.json)
+    fits = all(row.fits for row in rows)
+    if not fits and not args.json:
+        from ..memory_plan import smallest_context_parallel
 
-            cp = smallest_context_parallel(spec.model_copy(update={"resources": spec.resources.model_copy(
-                update={"gpu_memory_gib": rows[0].gpu_memory_gib})}))
-            print(f"does not fit; with contextParallel {cp} it would" if cp else
-                  "does not fit at any contextParallel: more memory per GPU, or a smaller resolution")
-    return 0 if all(row.fits for row in rows) else 1
+        cp = smallest_context_parallel(spec.model_copy(update={"resources": spec.resources.model_copy(
+            update={"gpu_memory_gib": rows[0].gpu_memory_gib})}))
+        print(f"does not fit; with contextParallel {cp} it would" if cp else
+              "does not fit at any contextParallel: more memory per GPU, or a smaller resolution")
+    return 0 if fits else 1
 
 
 def _plan_service(spec, args) -> int:
-    from ..memory_plan import service_plan, service_refusal
+    from ..memory_plan import sequence_parallel_refusal, service_plan
 
     if spec.replicas.gpus_per_replica == 0:
         print("CPU replicas (replicas.gpusPerReplica 0): host memory is not planned")
         return 0
     rows = service_plan(spec, args.gpu_memory)
-    if args.json:
-        for row in rows:
-            print(json.dumps(asdict(row)))
-    else:
-        n = spec.replicas.degree
-        print(f"a replica of {n} process{'es' * (n > 1)}, one GPU of {rows[0].gpu_memory_gib:g} GiB each; the "
-              f"largest request; GiB per GPU (decode: rank 0):")
-        _print_table(SERVICE_COLUMNS, rows)
-        if not all(row.fits for row in rows):
-            print("does not fit: turn on memory.vaeTiling / offloadEncoders / fp8Weights / groupOffload, or lower "
-                  "spec.limits")
-    unsplittable = service_refusal(spec.model_copy(update={"replicas": spec.replicas.model_copy(
-        update={"gpus_per_replica": 0.0, "sequence_parallel": spec.replicas.degree})}))  # the heads check alone
+    n = spec.replicas.degree
+    _print_rows(rows, SERVICE_COLUMNS, f"a replica of {n} process{'es' * (n > 1)}, one GPU of "
+                f"{rows[0].gpu_memory_gib:g} GiB each; the largest request; GiB per GPU (decode: rank 0):", args.json)
+    fits = all(row.fits for row in rows)
+    if not fits and not args.json:
+        print("does not fit: turn on memory.vaeTiling / offloadEncoders / fp8Weights / groupOffload, or lower "
+              "spec.limits")
+    unsplittable = sequence_parallel_refusal(spec)
     if unsplittable:
         print(unsplittable)
-    return 0 if all(row.fits for row in rows) and not unsplittable else 1
+    return 0 if fits and not unsplittable else 1
