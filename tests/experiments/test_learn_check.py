@@ -120,3 +120,13 @@ def test_the_recipe_runs_end_to_end_at_a_toy_size(tmp_path, latent_channels):
     assert kept.vae.config.latent_channels == kept.transformer.config.in_channels == latent_channels
     untrained = PolyVividPipeline.from_preset("tiny").vae.config.scaling_factor
     assert kept.vae.config.scaling_factor != untrained  # the trained VAE, with its measured latent scale
+    # what the step cache does to identity, on the kept full model: the same held-out cases, with and without
+    from polyvivid.experiments.learn_check import step_cache_sweep
+
+    sweep = step_cache_sweep(tmp_path / "keep" / "full_seed_0", cfg, (1e-9, 1.0), log=lambda _: None)
+    assert sweep["cases"] == 3 and [r["threshold"] for r in sweep["thresholds"]] == [1e-9, 1.0]
+    never, always = sweep["thresholds"]
+    assert never["steps_skipped"] == 0 and never["identity_change"] == 0  # nothing skipped: the same videos
+    assert always["steps_skipped"] == 0.5  # every step after the first of each 2-step generation
+    no_cache = next(r["identity"] for r in report["rows"] if r["condition"] == "full (seed 0)")
+    assert sweep["identity_no_cache"] == pytest.approx(no_cache, abs=1e-4)  # the run's own cases and scores
