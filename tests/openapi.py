@@ -93,7 +93,8 @@ def upstream_validator(file_name: str, version: str = "v1") -> jsonschema.Draft4
 
 
 UPSTREAM_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "RayJob": "ray.io_rayjobs.yaml",
-                  "RayService": "ray.io_rayservices.yaml"}
+                  "RayService": "ray.io_rayservices.yaml", "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
+                  "ClusterTrainingRuntime": "trainer.kubeflow.org_clustertrainingruntimes.yaml"}
 
 
 def upstream_errors(obj: dict) -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .children.common import DEFAULT_IMAGE
+from .children.trainjob import DEFAULT_RUNTIME
 
 
 def normalized_endpoint(endpoint: str) -> str:
@@ -35,6 +36,7 @@ class OperatorConfig:
     # signed requests with the namespace's Secret to that host, so a spec must not choose any host it likes.
     s3_endpoint: str | None = None
     allowed_s3_endpoints: tuple[str, ...] = ()
+    training_runtime: str = DEFAULT_RUNTIME  # the ClusterTrainingRuntime that TrainJobs reference (the chart's)
 
     def __post_init__(self):
         for endpoint in (self.s3_endpoint, *self.allowed_s3_endpoints):
@@ -60,6 +62,7 @@ class OperatorConfig:
                    max_gpus_per_node=int(env.get("POLYVIVID_MAX_GPUS_PER_NODE", "8")),
                    metrics_port=int(env.get("POLYVIVID_METRICS_PORT", "8080")),
                    s3_endpoint=env.get("POLYVIVID_S3_ENDPOINT") or None,
+                   training_runtime=env.get("POLYVIVID_TRAINING_RUNTIME", DEFAULT_RUNTIME),
                    allowed_s3_endpoints=tuple(e.strip() for e in allowed.split(",") if e.strip()))
 
 

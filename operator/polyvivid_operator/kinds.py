@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from polyvivid.api.crds import RESOURCES
 from polyvivid.api.status import ResourceStatus
 
-from .children import pytorchjob, rayjob, rayservice
+from .children import pytorchjob, rayjob, rayservice, trainjob, training_pod
 from .config import OperatorConfig
 
 
@@ -99,8 +99,17 @@ ChildrenBuilder = Callable[[dict, dict[str, Output], OperatorConfig], list[dict]
 
 def _training_children(owner: dict, resolved: dict[str, Output], config: OperatorConfig) -> list[dict]:
     dataset = resolved.get(CURATED_DATASET.kind)
-    return [pytorchjob.render_configmap(owner),
-            pytorchjob.render_pytorchjob(owner, config.image, dataset.uri if dataset else None, config.s3_endpoint)]
+    uri = dataset.uri if dataset else None
+    if _training_workload(owner)[1] == "PyTorchJob":
+        job = pytorchjob.render_pytorchjob(owner, config.image, uri, config.s3_endpoint)
+    else:
+        job = trainjob.render_trainjob(owner, config.image, uri, config.s3_endpoint, config.training_runtime)
+    return [training_pod.render_configmap(owner), job]
+
+
+def _training_workload(owner: dict) -> tuple[str, str]:
+    backend = ((owner.get("spec") or {}).get("backend")) or "trainjob"
+    return ("kubeflow.org/v1", "PyTorchJob") if backend == "pytorchjob" else (trainjob.API_VERSION, "TrainJob")
 
 
 def _curation_children(owner: dict, resolved: dict[str, Output], config: OperatorConfig) -> list[dict]:
@@ -116,9 +125,15 @@ def _service_children(owner: dict, resolved: dict[str, Output], config: Operator
 @dataclass(frozen=True)
 class KindDescriptor:
     kind: str
-    workload: tuple[str, str]  # apiVersion and kind of the child whose status the resource's follows
+    # apiVersion and kind of each child whose status the resource's may follow (their events reconcile it)
+    workloads: tuple[tuple[str, str], ...]
     build_children: ChildrenBuilder
     dependencies: tuple[Dependency, ...] = ()
+    choose_workload: Callable[[dict], tuple[str, str]] | None = None  # which one a resource has; None: the only one
+
+    def workload(self, body: dict) -> tuple[str, str]:
+        """apiVersion and kind of the child whose status this resource's follows."""
+        return self.choose_workload(body) if self.choose_workload else self.workloads[0]
 
     # names and models: the CRD's, never spelled again here
     @property
@@ -134,10 +149,10 @@ class KindDescriptor:
         return RESOURCES[self.kind].status
 
 
-TRAINING = KindDescriptor("PolyVividTraining", ("kubeflow.org/v1", "PyTorchJob"), _training_children,
-                          (CURATED_DATASET,))
-CURATION = KindDescriptor("CurationJob", ("ray.io/v1", "RayJob"), _curation_children)
-SERVICE = KindDescriptor("PolyVividService", ("ray.io/v1", "RayService"), _service_children, (TRAINED_WEIGHTS,))
+TRAINING = KindDescriptor("PolyVividTraining", ((trainjob.API_VERSION, "TrainJob"), ("kubeflow.org/v1", "PyTorchJob")),
+                          _training_children, (CURATED_DATASET,), _training_workload)
+CURATION = KindDescriptor("CurationJob", (("ray.io/v1", "RayJob"),), _curation_children)
+SERVICE = KindDescriptor("PolyVividService", (("ray.io/v1", "RayService"),), _service_children, (TRAINED_WEIGHTS,))
 KINDS: dict[str, KindDescriptor] = {d.kind: d for d in (TRAINING, CURATION, SERVICE)}
 
 

@@ -16,7 +16,8 @@ import kopf
 from polyvivid.api.crds import RESOURCES
 
 # our kinds' plurals are the CRDs' (polyvivid.api.crds); the others are the ones the operator creates or reads
-PLURALS = {**{kind: resource.plural for kind, resource in RESOURCES.items()}, "PyTorchJob": "pytorchjobs",
+PLURALS = {**{kind: resource.plural for kind, resource in RESOURCES.items()}, "TrainJob": "trainjobs",
+           "PyTorchJob": "pytorchjobs",
            "RayJob": "rayjobs", "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets"}
 USER_AGENT = "polyvivid-operator"
 

@@ -10,12 +10,13 @@ import logging
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polyvivid-operator",
-        description="Reconcile PolyVividTraining, CurationJob and PolyVividService resources into PyTorchJobs, "
-                    "RayJobs and RayServices. Settings from the environment: POLYVIVID_IMAGE (workload image), "
-                    "POLYVIVID_METRICS_PORT (default 8080), POLYVIVID_SYNC_INTERVAL (seconds, default 30), "
-                    "POLYVIVID_MAX_GPUS_PER_NODE (default 8), POLYVIVID_S3_ENDPOINT (the object store of specs that name "
-                    "no storage.endpoint), POLYVIVID_ALLOWED_S3_ENDPOINTS (comma-separated: other endpoints a spec "
-                    "may name).")
+        description="Reconcile PolyVividTraining, CurationJob and PolyVividService resources into TrainJobs "
+                    "(or PyTorchJobs), RayJobs and RayServices. Settings from the environment: POLYVIVID_IMAGE "
+                    "(workload image), POLYVIVID_METRICS_PORT (default 8080), POLYVIVID_SYNC_INTERVAL (seconds, "
+                    "default 30), POLYVIVID_MAX_GPUS_PER_NODE (default 8), POLYVIVID_TRAINING_RUNTIME (the "
+                    "ClusterTrainingRuntime of TrainJobs, default polyvivid-torch), POLYVIVID_S3_ENDPOINT (the object "
+                    "store of specs that name no storage.endpoint), POLYVIVID_ALLOWED_S3_ENDPOINTS (comma-separated: "
+                    "other endpoints a spec may name).")
     parser.add_argument("--namespace", "-n", action="append", default=[],
                         help="watch only this namespace (repeatable; default: all namespaces)")
     parser.add_argument("--peering", default=None,

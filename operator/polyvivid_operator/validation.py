@@ -18,6 +18,7 @@ from polyvivid.api.common import format_validation_error
 from polyvivid.api.curation import CURATION_STAGES
 
 from .children.rayservice import worker_bounds
+from .children.trainjob import RUNTIME_METRICS_PORT
 from .config import OperatorConfig
 
 
@@ -79,18 +80,27 @@ def check_endpoint(spec, config: OperatorConfig) -> None:
 
 
 def check_name(body: dict) -> None:
-    # PyTorchJob, RayJob and RayService names must be DNS-1035 labels, and the children are named after
+    # TrainJob, PyTorchJob, RayJob and RayService names must be DNS-1035 labels, and the children are named after
     # the resource (children.common.child_name keeps them short enough, not their first character)
     name = body["metadata"]["name"]
     if not name[:1].isalpha():
         raise InvalidSpec(f"metadata.name: {name!r} must start with a letter: the {body['kind']}'s children are "
-                          "named after it, and PyTorchJob, RayJob and RayService names are DNS-1035 labels")
+                          "named after it, and TrainJob, PyTorchJob, RayJob and RayService names are DNS-1035 labels")
 
 
 def check_training(spec, config: OperatorConfig) -> None:
     if spec.resources.gpus_per_node > config.max_gpus_per_node:
         raise InvalidSpec(f"spec.resources.gpusPerNode: {spec.resources.gpus_per_node} GPUs per node requested, "
                           f"the largest node has {config.max_gpus_per_node}")
+    if spec.backend == "trainjob":  # what Trainer v2.3's runtime patch cannot carry (children/trainjob.py)
+        if spec.scheduling.priority_class:
+            raise InvalidSpec("spec.scheduling.priorityClass: a TrainJob (Kubeflow Trainer v2.3) cannot set its "
+                              "pods' priority class; use Kueue's WorkloadPriorityClass (label "
+                              "kueue.x-k8s.io/priority-class), or spec.backend: pytorchjob")
+        if spec.metrics_port not in (0, RUNTIME_METRICS_PORT):
+            raise InvalidSpec(f"spec.metricsPort: a TrainJob's pods declare the training runtime's metrics port, "
+                              f"{RUNTIME_METRICS_PORT}; use {RUNTIME_METRICS_PORT} or 0 (off), or spec.backend: "
+                              "pytorchjob")
     unsplittable = memory_plan.parallelism_refusal(spec)  # the pods would stop at once
     if unsplittable:
         raise InvalidSpec(unsplittable)

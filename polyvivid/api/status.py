@@ -65,10 +65,11 @@ class FinalWeights(ApiModel):
 
 
 class TrainingStatus(TrainingProgress, ResourceStatus):
-    """The status of a PolyVividTraining: its PyTorchJob's phase and the workload's progress."""
+    """The status of a PolyVividTraining: its training job's phase and the workload's progress."""
 
     phase: TrainingPhase
-    pytorch_job: str | None = Field(None, description="the PyTorchJob running the training")
+    train_job: str | None = Field(None, description="the TrainJob running the training (backend trainjob)")
+    pytorch_job: str | None = Field(None, description="the PyTorchJob running the training (backend pytorchjob)")
     config_map: str | None = Field(None, description="the ConfigMap holding the spec the pods read")
     dataset: str | None = Field(None, description="URI of the dataset trained on")
     total_steps: int | None = Field(None, ge=0)

@@ -236,6 +236,10 @@ class TrainingSpec(ApiModel):
     global_batch_size: int = Field(256, ge=1)
     data_loader: DataLoaderSpec = Field(default_factory=DataLoaderSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    backend: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="the training child: a Kubeflow Trainer v2 TrainJob on the ClusterTrainingRuntime "
+        "the chart installs (trainjob), or a Kubeflow training-operator v1 PyTorchJob (pytorchjob), for clusters "
+        "on the v1 operator")
     precision: Literal["bf16", "fp32"] = "bf16"
     parallelism: Literal["fsdp", "ddp"] = "fsdp"
     context_parallel: int = Field(1, ge=1, le=64, description="ranks that share each sample, its video and text "

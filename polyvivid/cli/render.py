@@ -10,7 +10,7 @@ def register(subparsers) -> None:
     render = subparsers.add_parser(
         "render", help="print the Kubernetes objects the operator would create for manifests",
         description="Print, as YAML, the children the operator creates for each PolyVividTraining (ConfigMap + "
-                    "PyTorchJob), CurationJob (ConfigMap + RayJob) and PolyVividService (RayService) in FILE(s), "
+                    "TrainJob, or PyTorchJob with spec.backend pytorchjob), CurationJob (ConfigMap + RayJob) and PolyVividService (RayService) in FILE(s), "
                     "through the operator's own renderers and checks. A training's curationJob and a service's "
                     "training resolve against the other documents given. Other kinds are skipped.")
     render.add_argument("files", nargs="+", metavar="FILE", help="manifest YAML (several documents allowed)")

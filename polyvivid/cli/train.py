@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="train PolyVivid from a PolyVividTraining manifest",
         description="Run the PolyVividTraining in SPEC (the manifest you would `kubectl apply`). Inside "
-                    "torchrun (a PyTorchJob pod) it reads torchrun's environment; with --local --nproc N it starts "
+                    "torchrun (a TrainJob or PyTorchJob pod) it reads torchrun's environment; with --local --nproc N it starts "
                     "N processes on this machine, their rendezvous on 127.0.0.1 (Ctrl-C or SIGTERM: they "
                     "checkpoint and stop). A run resumes from its newest good checkpoint.",
         epilog="example: polyvivid train training.yaml --local --nproc 2 --output file:///tmp/run1",

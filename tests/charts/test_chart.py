@@ -28,8 +28,9 @@ def test_every_object_validates_strictly_for_its_kind(values):
     assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
             "Deployment"} <= kinds
     for obj in objs:
-        if obj["kind"] in PROMETHEUS_OPERATOR_KINDS | KOPF_KINDS:
-            # custom kinds: kubernetes-validate has no schema for them (checked field by field below)
+        if obj["kind"] in PROMETHEUS_OPERATOR_KINDS | KOPF_KINDS | {"ClusterTrainingRuntime"}:
+            # custom kinds: kubernetes-validate has no schema for them (checked field by field below; the
+            # ClusterTrainingRuntime against its upstream CRD in tests/operator/test_trainjob.py)
             with pytest.raises(kubernetes_validate.SchemaNotFoundError):
                 kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
             continue
@@ -184,8 +185,12 @@ def test_the_podmonitors_select_the_workload_pods_the_operator_creates():
     operator and KubeRay add to their pods), and the scraped port exists on those pods."""
     from polyvivid_operator.render import render as render_children
 
-    monitors = {o["metadata"]["name"].rsplit("-", 1)[1]: o for o in render(EVERYTHING) if o["kind"] == "PodMonitor"}
-    assert set(monitors) == {"training", "ray"}
+    chart = render(EVERYTHING)
+    monitors = {o["metadata"]["name"].rsplit("-", 1)[1]: o for o in chart if o["kind"] == "PodMonitor"}
+    assert set(monitors) == {"training", "trainjob", "ray"}
+    (runtime,) = [o for o in chart if o["kind"] == "ClusterTrainingRuntime"]
+    (runtime_container,) = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+        "spec"]["containers"]
     docs = [d for path in sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
             for d in yaml.safe_load_all(path.read_text()) if d]
     children = render_children(docs, image="registry.test/polyvivid:ci")
@@ -197,7 +202,11 @@ def test_the_podmonitors_select_the_workload_pods_the_operator_creates():
         for child in children:
             if child["kind"] != kind:
                 continue
-            if kind == "PyTorchJob":
+            if kind == "TrainJob":  # the runtime's pods, with the TrainJob's patch; JobSet adds the index
+                (job,) = child["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+                yield {**job["template"]["spec"]["template"]["metadata"]["labels"],
+                       "batch.kubernetes.io/job-completion-index": "0"}, runtime_container
+            elif kind == "PyTorchJob":
                 # the training operator labels each pod with its replica type
                 yield {**child["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"],
                        "training.kubeflow.org/replica-type": "master"}, \
@@ -215,18 +224,25 @@ def test_the_podmonitors_select_the_workload_pods_the_operator_creates():
             ok &= (expr["key"] in labels) if expr["operator"] == "Exists" else labels.get(expr["key"]) in expr["values"]
         return ok
 
-    for component, kinds in (("training", ["PyTorchJob"]), ("ray", ["RayJob", "RayService"])):
+    backend_pytorchjob = [{**d, "metadata": {**d["metadata"], "name": d["metadata"]["name"] + "-v1"},
+                           "spec": {**d["spec"], "backend": "pytorchjob"}} for d in docs if d["kind"] == "PolyVividTraining"]
+    others = [d for d in docs if d["kind"] == "CurationJob"]  # what the trainings name
+    children += [c for c in render_children(backend_pytorchjob + others, image="registry.test/polyvivid:ci")
+                 if c["kind"] == "PyTorchJob"]
+    metrics_on.update({d["metadata"]["name"]: metrics_on[d["metadata"]["name"][:-3]] for d in backend_pytorchjob})
+    for component, kinds in (("training", ["PyTorchJob"]), ("trainjob", ["TrainJob"]), ("ray", ["RayJob", "RayService"])):
         found = [(labels, c) for kind in kinds for labels, c in pods(kind)]
         assert found, kinds
         port = monitors[component]["spec"]["podMetricsEndpoints"][0]["port"]
         for labels, container in found:
             assert selects(monitors[component], labels), (component, labels)
-            if component == "training" and not metrics_on[labels["app.kubernetes.io/instance"]]:
+            if component in ("training", "trainjob") and not metrics_on[labels["app.kubernetes.io/instance"]]:
                 continue  # the spec turned metrics off (demo-training.yaml: metricsPort 0)
             assert port in {p["name"] for p in container.get("ports", [])}, (component, container["name"])
-    # and neither selects the other's pods
-    assert not any(selects(monitors["ray"], labels) for labels, _ in pods("PyTorchJob"))
-    assert not any(selects(monitors["training"], labels) for kind in ("RayJob", "RayService") for labels, _ in pods(kind))
+    # and none selects another's pods
+    for component, kinds in (("training", ["TrainJob", "RayJob", "RayService"]), ("trainjob", ["PyTorchJob", "RayJob", "RayService"]),
+                             ("ray", ["TrainJob", "PyTorchJob"])):
+        assert not any(selects(monitors[component], labels) for kind in kinds for labels, _ in pods(kind)), component
 
 
 @pytest.mark.parametrize("values, message", [
@@ -250,7 +266,8 @@ def test_notes_say_how_to_check_the_install():
     rendered = helm.Chart.load(CHART).render(None, name="polyvivid-operator", namespace="polyvivid-system")
     notes = rendered["polyvivid-operator/templates/NOTES.txt"]
     assert "kubectl -n polyvivid-system rollout status deployment/polyvivid-operator" in notes
-    assert "pytorchjobs.kubeflow.org" in notes and "rayservices.ray.io" in notes
+    assert "trainjobs.trainer.kubeflow.org" in notes and "rayservices.ray.io" in notes
+    assert "kubectl get clustertrainingruntime polyvivid-torch" in notes and "pytorchjobs.kubeflow.org" in notes
 
 
 def test_the_peering_crds_define_the_kinds_the_chart_creates():

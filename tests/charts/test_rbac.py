@@ -19,7 +19,7 @@ from ..kube.apiserver import ApiError, ApiServer
 from ..kube.client import wait_for
 from ..operator.conftest import running_operator
 from ..operator.test_curation_and_service_reconcile import curation_manifest, phase, service_manifest
-from ..operator.test_training_reconcile import job_condition, ready, training_manifest
+from ..operator.test_training_reconcile import job_status, ready, training_manifest
 from .conftest import render
 
 OPERATOR_AGENTS = ("kopf/", "polyvivid-operator")
@@ -44,18 +44,20 @@ def lifecycle(kube, bucket: str) -> None:
     kube.create(training_manifest(out, dataset={"curationJob": "raw"}))
     kube.create(service_manifest(model={"training": "demo"}, apiTokenSecretRef={"name": "api-token"}))
     kube.create(training_manifest(f"{bucket}/x", name="too-big", resources={"nodes": 1, "gpusPerNode": 64}))
+    kube.create(training_manifest(f"{bucket}/v1", name="v1", backend="pytorchjob"))  # the other training child
     wait_for(lambda: kube.get("RayJob", "raw-curate"), what="the RayJob")
     kube.set_status("RayJob", "raw-curate", {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
-    wait_for(lambda: kube.get("PyTorchJob", "demo-train"), what="the PyTorchJob")
+    wait_for(lambda: kube.get("TrainJob", "demo-train"), what="the TrainJob")
+    wait_for(lambda: kube.get("PyTorchJob", "v1-train"), what="the PyTorchJob")
     open_store(out).write_text("progress.json", json.dumps({"status": "succeeded", "step": 8, "final": f"{out}/final",
                                                             "updated_at": "2026-11-24T01:00:00+00:00"}))
-    kube.set_status("PyTorchJob", "demo-train", job_condition("Succeeded", "2026-11-24T01:00:01Z"))
+    kube.set_status("TrainJob", "demo-train", job_status("Succeeded", "2026-11-24T01:00:01Z"))
     wait_for(lambda: kube.get("RayService", "demo"), what="the RayService")
     kube.patch("PolyVividService", "demo", {"spec": {"scheduling": {"image": "registry.test/polyvivid:v2"}}})
     wait_for(lambda: "v2" in json.dumps(kube.get("RayService", "demo")["spec"]), what="the spec change")
     wait_for(lambda: phase(kube, "PolyVividTraining", "too-big") == "Invalid")
     for kind, name in (("PolyVividService", "demo"), ("PolyVividTraining", "demo"), ("PolyVividTraining", "too-big"),
-                       ("CurationJob", "raw")):
+                       ("PolyVividTraining", "v1"), ("CurationJob", "raw")):
         kube.delete(kind, name)
     wait_for(lambda: not kube.list("PolyVividTraining") and not kube.list("PolyVividService")
              and not kube.list("CurationJob"), what="all resources gone (kopf released them)")
@@ -73,7 +75,7 @@ def test_every_request_of_the_operator_is_allowed_by_the_chart(namespaces, kube,
     assert agents == {"kopf", "polyvivid-operator"}  # both clients were seen (and told apart from the test's)
     # the lifecycle exercised the rights that matter
     made = {(verb, resource) for verb, _, resource, _ in calls}
-    assert {("get", "secrets"), ("create", "pytorchjobs"), ("create", "rayjobs"), ("create", "rayservices"),
+    assert {("get", "secrets"), ("create", "trainjobs"), ("create", "pytorchjobs"), ("create", "rayjobs"), ("create", "rayservices"),
             ("patch", "rayservices"), ("create", "configmaps"), ("create", "events"),
             ("watch", "polyvividtrainings"), ("patch", "polyvividservices/status")} <= made, sorted(made)
     denied = sorted(r for r in calls if not allowed(objs, *r))
@@ -126,7 +128,7 @@ def test_with_secret_namespaces_secrets_elsewhere_are_forbidden_and_reported(kub
                      "metadata": {"name": "t", "namespace": ns}})
     kube.create({**service_manifest(apiTokenSecretRef={"name": "creds"}), "metadata": {"name": "s", "namespace": "other"}})
     with running_operator(monkeypatch):
-        wait_for(lambda: kube.get("PyTorchJob", "t-train", namespace="ml"), what="the training in ml to run")
+        wait_for(lambda: kube.get("TrainJob", "t-train", namespace="ml"), what="the training in ml to run")
         for kind, name, field in (("PolyVividTraining", "t", "spec.storage.secretRef"),
                                   ("PolyVividService", "s", "spec.apiTokenSecretRef")):
             obj = wait_for(lambda: (o := kube.get(kind, name, namespace="other")) and ready(o).get("reason") and o,
@@ -135,6 +137,6 @@ def test_with_secret_namespaces_secrets_elsewhere_are_forbidden_and_reported(kub
             assert ready(obj)["message"].startswith(f"{field}: the operator may not read Secret 'creds' in "
                                                     "namespace 'other' (403 Forbidden)"), ready(obj)["message"]
             assert "rbac.secretNamespaces" in ready(obj)["message"]
-        assert kube.list("PyTorchJob", namespace="other") == [] and kube.list("RayService", namespace="other") == []
+        assert kube.list("TrainJob", namespace="other") == [] and kube.list("RayService", namespace="other") == []
     calls = {entry[1:] for entry in apiserver.api.audit if entry[0].startswith(OPERATOR_AGENTS)}
     assert sorted(r for r in calls if not allowed(objs, *r)) == [("get", "", "secrets", "other")]

@@ -10,10 +10,11 @@ import requests
 from polyvivid.api.crds import RESOURCES
 
 PLURALS = {**{kind: resource.plural for kind, resource in RESOURCES.items()}, "PyTorchJob": "pytorchjobs",
-           "RayJob": "rayjobs", "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets",
+           "TrainJob": "trainjobs", "RayJob": "rayjobs", "RayService": "rayservices", "ConfigMap": "configmaps", "Secret": "secrets",
            "Event": "events"}
 API_VERSIONS = {"PolyVividTraining": "polyvivid.io/v1alpha1", "CurationJob": "polyvivid.io/v1alpha1",
-                "PolyVividService": "polyvivid.io/v1alpha1", "PyTorchJob": "kubeflow.org/v1", "RayJob": "ray.io/v1",
+                "PolyVividService": "polyvivid.io/v1alpha1", "PyTorchJob": "kubeflow.org/v1",
+                "TrainJob": "trainer.kubeflow.org/v1alpha1", "RayJob": "ray.io/v1",
                 "RayService": "ray.io/v1", "ConfigMap": "v1", "Secret": "v1", "Event": "v1"}
 
 

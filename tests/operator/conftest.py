@@ -1,5 +1,5 @@
 """The operator against an API server over HTTP: kmock's emulator (fixed, tests/kube/apiserver.py)
-serving our CRDs and declaring PyTorchJob, RayJob and RayService, and the real operator run by kopf
+serving our CRDs and declaring TrainJob, PyTorchJob, RayJob and RayService, and the real operator run by kopf
 in a thread (KopfRunner). No controllers for the children run here (no cluster): tests play them by
 writing the children's status."""
 
@@ -25,7 +25,8 @@ from ..kube.client import Kube
 from ..openapi import as_jsonschema, crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]
-CHILD_KINDS = [("kubeflow.org/v1", "pytorchjobs", "PyTorchJob"), ("ray.io/v1", "rayjobs", "RayJob"),
+CHILD_KINDS = [("trainer.kubeflow.org/v1alpha1", "trainjobs", "TrainJob"), ("kubeflow.org/v1", "pytorchjobs", "PyTorchJob"),
+               ("ray.io/v1", "rayjobs", "RayJob"),
                ("ray.io/v1", "rayservices", "RayService")]
 
 

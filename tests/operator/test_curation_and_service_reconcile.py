@@ -15,7 +15,7 @@ from polyvivid.storage import open_store
 from ..kube.client import wait_for
 from ..specs import with_random_models
 from ..openapi import upstream_errors
-from .test_training_reconcile import job_condition, ready, training_manifest
+from .test_training_reconcile import job_status, ready, training_manifest
 
 
 def curation_manifest(output: str, name: str = "raw", **spec) -> dict:
@@ -45,7 +45,7 @@ def test_curation_runs_as_a_rayjob_and_a_waiting_training_uses_its_output(kube, 
     assert kube.get("ConfigMap", "raw-curate-spec")
     training = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo")) and ready(t).get("reason") and t)
     assert training["status"]["phase"] == "Waiting" and ready(training)["reason"] == "WaitingForCuration"
-    assert kube.get("PyTorchJob", "demo-train") is None
+    assert kube.get("TrainJob", "demo-train") is None
 
     kube.set_status("RayJob", "raw-curate", {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
     wait_for(lambda: phase(kube, "CurationJob", "raw") == "Running")
@@ -56,9 +56,8 @@ def test_curation_runs_as_a_rayjob_and_a_waiting_training_uses_its_output(kube, 
     assert (done["status"]["videos"], done["status"]["clipsWritten"], done["status"]["rejected"]) == (12, 30, 5)
     assert ready(done)["status"] == "True"
 
-    job = wait_for(lambda: kube.get("PyTorchJob", "demo-train"), what="the training to start after curation")
-    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-    assert command[-2:] == ["--dataset", data]
+    job = wait_for(lambda: kube.get("TrainJob", "demo-train"), what="the training to start after curation")
+    assert job["spec"]["trainer"]["command"][-2:] == ["--dataset", data]
     assert wait_for(lambda: kube.get("PolyVividTraining", "demo")["status"]["phase"] == "Pending")
 
 
@@ -101,8 +100,8 @@ def test_service_waits_for_its_training_serves_its_weights_and_rolls_out_new_one
 
     store.write_text("progress.json", json.dumps({"status": "succeeded", "step": 8, "final": f"{out}/final",
                                                   "updated_at": "2026-11-24T01:00:00+00:00"}))
-    wait_for(lambda: kube.get("PyTorchJob", "demo-train"))
-    kube.set_status("PyTorchJob", "demo-train", job_condition("Succeeded", "2026-11-24T01:00:01Z"))
+    wait_for(lambda: kube.get("TrainJob", "demo-train"))
+    kube.set_status("TrainJob", "demo-train", job_status("Succeeded", "2026-11-24T01:00:01Z"))
     rs = wait_for(lambda: kube.get("RayService", "demo"), what="the RayService after the training succeeded")
     assert upstream_errors(rs) == []
     (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]

@@ -15,6 +15,8 @@ from .test_training_reconcile import ready, training_manifest
 
 def child_image(child: dict) -> str:
     spec = child["spec"]
+    if child["kind"] == "TrainJob":
+        return spec["trainer"]["image"]
     if child["kind"] == "PyTorchJob":
         template = spec["pytorchReplicaSpecs"]["Master"]["template"]
     else:
@@ -24,7 +26,7 @@ def child_image(child: dict) -> str:
 
 
 CASES = {
-    "PolyVividTraining": (lambda: training_manifest("s3://runs/one", name="one"), "PyTorchJob", "one-train"),
+    "PolyVividTraining": (lambda: training_manifest("s3://runs/one", name="one"), "TrainJob", "one-train"),
     "CurationJob": (lambda: curation_manifest("s3://datasets/one", name="one"), "RayJob", "one-curate"),
     "PolyVividService": (lambda: service_manifest(name="one"), "RayService", "one"),
 }

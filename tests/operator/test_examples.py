@@ -27,13 +27,13 @@ def test_every_child_of_the_examples_validates_against_the_upstream_crds():
     assert result.returncode == 0, result.stderr
     children = list(yaml.safe_load_all(result.stdout))
     kinds = sorted(c["kind"] for c in children)
-    assert kinds == ["ConfigMap"] * 4 + ["PyTorchJob"] * 3 + ["RayJob"] + ["RayService"] * 2
+    assert kinds == ["ConfigMap"] * 4 + ["RayJob"] + ["RayService"] * 2 + ["TrainJob"] * 3
     for child in children:
         if child["kind"] != "ConfigMap":
             assert upstream_errors(child) == [], (child["kind"], child["metadata"]["name"])
-    (job,) = [c for c in children if c["kind"] == "PyTorchJob" and c["metadata"]["name"] == "polyvivid-train"]
-    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3  # 4 nodes
-    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][-1] == \
+    (job,) = [c for c in children if c["kind"] == "TrainJob" and c["metadata"]["name"] == "polyvivid-train"]
+    assert job["spec"]["trainer"]["numNodes"] == 4 and job["spec"]["trainer"]["numProcPerNode"] == 8
+    assert job["spec"]["trainer"]["command"][-1] == \
         "s3://polyvivid/datasets/curated-v1"  # the CurationJob's output, resolved from the other file
 
 
@@ -41,7 +41,7 @@ def test_the_tiny_set_renders_cpu_only_children():
     result = polyvivid("render", *sorted(str(p) for p in (EXAMPLES / "tiny").glob("*.yaml")))
     assert result.returncode == 0, result.stderr
     children = [c for c in yaml.safe_load_all(result.stdout) if c["kind"] != "ConfigMap"]
-    assert sorted(c["kind"] for c in children) == ["PyTorchJob", "RayJob", "RayService"]
+    assert sorted(c["kind"] for c in children) == ["RayJob", "RayService", "TrainJob"]
     for child in children:
         assert upstream_errors(child) == []
         assert "nvidia.com/gpu" not in yaml.safe_dump(child)  # runs on a CPU-only cluster
@@ -83,8 +83,8 @@ def test_kubectl_apply_of_the_examples_is_reconciled(apiserver, kube, operator):
     # Secret) until the next sync, and the training says CurationFailed meanwhile; then it waits
     wait_for(lambda: ready(kube.get("PolyVividTraining", "polyvivid")).get("reason") == "WaitingForCuration",
              what="the training to wait for its CurationJob")
-    demo_job = wait_for(lambda: kube.get("PyTorchJob", "demo-train"), what="the demo training's PyTorchJob")
-    assert demo_job["spec"]["nprocPerNode"] == "1"
+    demo_job = wait_for(lambda: kube.get("TrainJob", "demo-train"), what="the demo training's TrainJob")
+    assert demo_job["spec"]["trainer"]["numProcPerNode"] == 1
     service = wait_for(lambda: (s := kube.get("PolyVividService", "polyvivid")) and ready(s).get("reason") and s)
     assert ready(service)["reason"] == "InvalidSpec" and "polyvivid-api-token" in ready(service)["message"]
 

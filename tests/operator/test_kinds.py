@@ -53,8 +53,7 @@ def test_render_resolves_what_the_operator_will_once_the_named_resource_succeede
     training = training_manifest("s3://runs/demo", dataset={"curationJob": "raw"})
     service = service_manifest(model={"training": "demo"})
     children = {c["kind"]: c for c in render([curation, training, service], "reg/pv:1")}
-    command = children["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    assert command["command"][-2:] == ["--dataset", "s3://datasets/curated"]
+    assert children["TrainJob"]["spec"]["trainer"]["command"][-2:] == ["--dataset", "s3://datasets/curated"]
     assert "model: s3://runs/demo/final" in children["RayService"]["spec"]["serveConfigV2"]
 
     dataset, weights = KINDS["PolyVividTraining"].dependencies[0], KINDS["PolyVividService"].dependencies[0]

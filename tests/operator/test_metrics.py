@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from polyvivid.storage import open_store
 
 from ..kube.client import wait_for
-from .test_training_reconcile import job_condition, training_manifest
+from .test_training_reconcile import job_status, training_manifest
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -48,9 +48,9 @@ def test_metrics_count_reconciles_and_resources_by_phase(kube, operator):
 def test_each_resource_phase_and_training_step_are_exported(kube, s3_bucket, operator):
     out = f"{s3_bucket}/run"
     kube.create(training_manifest(out, name="t1"))
-    wait_for(lambda: kube.get("PyTorchJob", "t1-train"), what="the PyTorchJob")
+    wait_for(lambda: kube.get("TrainJob", "t1-train"), what="the TrainJob")
     open_store(out).write_text("progress.json", json.dumps({"status": "running", "step": 7, "loss": 0.5}))
-    kube.set_status("PyTorchJob", "t1-train", job_condition("Running", "2026-11-24T00:01:00Z"))
+    kube.set_status("TrainJob", "t1-train", job_status("Running", "2026-11-24T00:01:00Z"))
     running = dict(kind="PolyVividTraining", namespace="ml", name="t1", phase="Running")
     samples = wait_for(lambda: (s := scrape(operator.metrics_url))
                        and value(s, "polyvivid_operator_resource_phase", **running) == 1 and s,
@@ -58,7 +58,7 @@ def test_each_resource_phase_and_training_step_are_exported(kube, s3_bucket, ope
     assert value(samples, "polyvivid_operator_training_step", namespace="ml", name="t1") == 7
     assert value(samples, "polyvivid_operator_resource_phase", **{**running, "phase": "Pending"}) == 0  # one series
 
-    kube.set_status("PyTorchJob", "t1-train", job_condition("Failed", "2026-11-24T00:02:00Z"))
+    kube.set_status("TrainJob", "t1-train", job_status("Failed", "2026-11-24T00:02:00Z"))
     wait_for(lambda: value(scrape(operator.metrics_url), "polyvivid_operator_resource_phase",
                            **{**running, "phase": "Failed"}) == 1, what="the Failed phase")
     kube.delete("PolyVividTraining", "t1")

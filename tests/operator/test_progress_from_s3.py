@@ -11,7 +11,7 @@ from polyvivid.storage import open_store
 
 from ..kube.client import wait_for
 from .conftest import running_operator
-from .test_training_reconcile import job_condition, ready, training_manifest
+from .test_training_reconcile import job_status, ready, training_manifest
 
 
 def secret(name: str, access: str, key: str) -> dict:
@@ -35,8 +35,8 @@ def test_progress_is_read_with_the_specs_secret(kube, apiserver, s3_bucket, s3_e
     kube.create(training_manifest(output, name="bad", storage={"secretRef": {"name": "wrong-creds"}}))
     with running_operator(monkeypatch):
         for name in ("good", "bad"):
-            wait_for(lambda: kube.get("PyTorchJob", f"{name}-train"))
-            kube.set_status("PyTorchJob", f"{name}-train", job_condition("Running", "2026-11-24T00:01:00Z"))
+            wait_for(lambda: kube.get("TrainJob", f"{name}-train"))
+            kube.set_status("TrainJob", f"{name}-train", job_status("Running", "2026-11-24T00:01:00Z"))
         good = wait_for(lambda: (t := kube.get("PolyVividTraining", "good"))["status"].get("step") == 5 and t,
                         what="progress read from S3")
         assert good["status"]["loss"] == 0.5 and good["status"]["stage"] == "identity"

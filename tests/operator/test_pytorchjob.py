@@ -1,12 +1,13 @@
-"""PolyVividTraining -> PyTorchJob: the rendered child validates against the upstream CRD and says
-what the training needs (no cluster: these are pure functions)."""
+"""PolyVividTraining (spec.backend pytorchjob) -> PyTorchJob: the rendered child validates against the upstream
+CRD and says what the training needs (no cluster: these are pure functions)."""
 
 from __future__ import annotations
 
 import copy
 
 import yaml
-from polyvivid_operator.children.pytorchjob import names, render_configmap, render_pytorchjob
+from polyvivid_operator.children.pytorchjob import render_pytorchjob
+from polyvivid_operator.children.training_pod import names, render_configmap
 
 from polyvivid.api import PolyVividTraining, load_resource
 
@@ -16,7 +17,7 @@ from ..openapi import ROOT, upstream_errors, upstream_validator
 def training(**spec_changes) -> dict:
     manifest = yaml.safe_load((ROOT / "manifests" / "examples" / "demo-training.yaml").read_text())
     manifest["metadata"].update(namespace="ml", uid="1234-5678")
-    manifest["spec"].update(copy.deepcopy(spec_changes))
+    manifest["spec"].update(backend="pytorchjob", **copy.deepcopy(spec_changes))
     return manifest
 
 
@@ -57,7 +58,7 @@ def test_multi_node_gpu_job_validates_upstream_and_carries_owner_gpus_secrets_an
     assert container["securityContext"]["runAsNonRoot"] is True
     volumes = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
-    assert volumes["spec"]["configMap"]["name"] == names(t)["configmap"]
+    assert volumes["spec"]["configMap"]["name"] == names(t)["ConfigMap"]
 
 
 def test_single_cpu_node_has_no_workers_and_no_gpu_limit():

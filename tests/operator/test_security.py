@@ -159,6 +159,8 @@ def test_the_configuration_comes_from_the_environment_and_a_bad_endpoint_fails_a
 def pod_envs(child: dict) -> list[dict[str, str]]:
     """The env (name -> value or secret reference) of every container the child's pods run."""
     spec = child["spec"]
+    if child["kind"] == "TrainJob":  # the trainer container's env is the TrainJob's
+        return [{e["name"]: e.get("value", e.get("valueFrom")) for e in spec["trainer"]["env"]}]
     if child["kind"] == "PyTorchJob":
         templates = [r["template"] for r in spec["pytorchReplicaSpecs"].values()]
     else:
@@ -177,7 +179,7 @@ def test_pods_of_specs_naming_no_endpoint_use_the_configured_one():
         want = "https://s3.eu.example" if name == "own-train" else "http://minio.minio:9000"
         assert [env["POLYVIVID_S3_ENDPOINT"] for env in pod_envs(child)] == [want] * len(pod_envs(child)), name
     # without a configured store, the pods get none (as before; the chart always configures one)
-    (job,) = [c for c in render(docs[1:2], "reg/pv:1", config=OperatorConfig()) if c["kind"] == "PyTorchJob"]
+    (job,) = [c for c in render(docs[1:2], "reg/pv:1", config=OperatorConfig()) if c["kind"] == "TrainJob"]
     assert all("POLYVIVID_S3_ENDPOINT" not in env for env in pod_envs(job))
 
 
@@ -186,8 +188,10 @@ DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 # What the children's controllers accept (not in the upstream CRDs' schemas: checked by their code):
 # KubeRay refuses RayJob and RayService names over 47 characters (MaxRayJobNameLength,
 # MaxRayServiceNameLength) or not DNS-1035 labels; the training operator wants a DNS-1035 label and names
-# each replica's Pod and Service NAME-worker-INDEX, at most 63 (up to 512 nodes: index 510).
-UPSTREAM_LIMITS = {"RayJob": 47, "RayService": 47, "PyTorchJob": 63 - len("-worker-510")}
+# each replica's Pod and Service NAME-worker-INDEX, at most 63 (up to 512 nodes: index 510); JobSet names a
+# TrainJob's pods (and their hostnames) NAME-node-0-INDEX.
+UPSTREAM_LIMITS = {"RayJob": 47, "RayService": 47, "PyTorchJob": 63 - len("-worker-510"),
+                   "TrainJob": 63 - len("-node-0-511")}
 
 
 def rendered(kind: str, name: str) -> list[dict]:
@@ -228,6 +232,9 @@ def test_children_of_63_character_parents_are_valid_and_distinct(kind):
 
 def _volumes(child: dict) -> list[dict]:
     spec = child["spec"]
+    if child["kind"] == "TrainJob":  # patched into the runtime's pods
+        return [v for patch in spec["runtimePatches"] for job in patch["trainingRuntimeSpec"]["template"]["spec"]
+                ["replicatedJobs"] for v in job["template"]["spec"]["template"]["spec"]["volumes"]]
     if child["kind"] == "PyTorchJob":
         return [v for r in spec["pytorchReplicaSpecs"].values() for v in r["template"]["spec"]["volumes"]]
     cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
@@ -302,19 +309,20 @@ def test_the_operator_enforces_the_rules_and_points_pods_at_its_object_store(kub
             assert obj["status"]["phase"] == "Invalid" and ready(obj)["reason"] == "InvalidSpec", name
             assert ready(obj)["message"].startswith(message), ready(obj)["message"]
 
-        plain = wait_for(lambda: kube.get("PyTorchJob", "plain-train"), what="the plain training's job")
+        plain = wait_for(lambda: kube.get("TrainJob", "plain-train"), what="the plain training's job")
         assert {env["POLYVIVID_S3_ENDPOINT"] for env in pod_envs(plain)} == {"http://minio.minio:9000"}
-        eu = wait_for(lambda: kube.get("PyTorchJob", "eu-train"), what="the training on the allowed store")
+        eu = wait_for(lambda: kube.get("TrainJob", "eu-train"), what="the training on the allowed store")
         assert {env["POLYVIVID_S3_ENDPOINT"] for env in pod_envs(eu)} == {"https://S3.eu.example:443/"}
         curation = wait_for(lambda: kube.get("RayJob", "cur-curate"), what="the curation's RayJob")
         assert {env["POLYVIVID_S3_ENDPOINT"] for env in pod_envs(curation)} == {"http://minio.minio:9000"}
 
         training = wait_for(lambda: (t := kube.get("PolyVividTraining", long_training)) and ready(t).get("reason") and t)
-        job_name = training["status"]["pytorchJob"]
-        assert len(job_name) <= UPSTREAM_LIMITS["PyTorchJob"] and kube.get("PyTorchJob", job_name)
+        job_name = training["status"]["trainJob"]
+        assert len(job_name) <= UPSTREAM_LIMITS["TrainJob"] and kube.get("TrainJob", job_name)
         service = wait_for(lambda: (s := kube.get("PolyVividService", long_service)) and ready(s).get("reason") and s)
         rayservice = service["status"]["rayService"]
         assert len(rayservice) <= UPSTREAM_LIMITS["RayService"] and kube.get("RayService", rayservice)
         assert service["status"]["endpoint"] == f"http://{rayservice}-serve-svc.ml.svc:8000"
-        made = {c["metadata"]["name"] for kind in ("PyTorchJob", "RayJob", "RayService") for c in kube.list(kind)}
+        made = {c["metadata"]["name"] for kind in ("TrainJob", "PyTorchJob", "RayJob", "RayService")
+                for c in kube.list(kind)}
         assert made == {"plain-train", "eu-train", "cur-curate", job_name, rayservice}  # none for the invalid ones

@@ -20,8 +20,10 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # stay valid. KubeRay refuses RayJob and RayService names over 47 (the RayCluster it makes is NAME-xxxxx,
 # whose Service NAME-xxxxx-serve-svc must fit in 63). The training operator names each replica's Pod and
 # Service NAME-worker-INDEX, a DNS label of at most 63: 52 leaves room for "-worker-510" (512 nodes).
+# JobSet names a TrainJob's pods NAME-node-0-INDEX (hostnames, DNS labels): 52 leaves room for "-node-0-511".
 # ConfigMap names may be DNS subdomains (253).
-NAME_LIMITS = {"ConfigMap": 253, "PyTorchJob": 63 - len("-worker-510"), "RayJob": 47, "RayService": 47}
+NAME_LIMITS = {"ConfigMap": 253, "PyTorchJob": 63 - len("-worker-510"), "TrainJob": 63 - len("-node-0-511"),
+               "RayJob": 47, "RayService": 47}
 NAME_HASH_CHARS = 8
 
 

@@ -1,9 +1,5 @@
-"""PolyVividTraining -> kubeflow.org/v1 PyTorchJob (and the ConfigMap holding the spec it runs).
-
-Every pod runs `torchrun -m polyvivid.cli train /etc/polyvivid/training.yaml`: the training operator
-sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK and PET_MASTER_ADDR/PORT, which torchrun reads,
-so the command is the same on the master and on every worker.
-"""
+"""PolyVividTraining (spec.backend pytorchjob) -> kubeflow.org/v1 PyTorchJob, for clusters on the Kubeflow
+training-operator v1; its pods are training_pod.py's."""
 
 from __future__ import annotations
 
@@ -11,21 +7,10 @@ from typing import Any
 
 from polyvivid.api import PolyVividTraining
 
-from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, child_name, labels, pod_placement, pod_security_context,
-                     security_context, spec_configmap, spec_volume, workload_env)
+from . import training_pod
+from .common import DEFAULT_IMAGE, child_metadata, labels, security_context
 
-SPEC_FILE = "training.yaml"
 BACKOFF_LIMIT = 3
-SHM_SIZE = "64Gi"  # NCCL and dataloader workers use /dev/shm; the container default (64 MiB) is far too small
-
-
-def names(training: dict) -> dict[str, str]:
-    return {"pytorchjob": child_name(training, "-train", "PyTorchJob"),
-            "configmap": child_name(training, "-train-spec", "ConfigMap")}
-
-
-def render_configmap(training: dict) -> dict[str, Any]:
-    return spec_configmap(training, names(training)["configmap"], SPEC_FILE, "training")
 
 
 def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str | None = None,
@@ -36,30 +21,19 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
     s3_endpoint: the operator's object store, for a spec that names no storage.endpoint."""
     spec = PolyVividTraining.model_validate(training).spec
     res, sched = spec.resources, spec.scheduling
-    gpus = res.gpus_per_node
-    args = ["torchrun", "--module", "polyvivid.cli", "train", f"{SPEC_DIR}/{SPEC_FILE}"]
-    if spec.metrics_port:  # rank 0's /metrics, for Prometheus to scrape at the pod's address (default: loopback)
-        args += ["--metrics-addr", "0.0.0.0"]
-    if dataset_uri:
-        args += ["--dataset", dataset_uri]
-    volume, mount = spec_volume(names(training)["configmap"])
     container = {
         "name": "pytorch",  # the training operator finds the container by this name
         "image": sched.image or image,
-        "command": args,
-        "env": workload_env(spec.storage, s3_endpoint),
-        "ports": [{"name": "metrics", "containerPort": spec.metrics_port}] if spec.metrics_port else [],
-        "resources": {"limits": {"nvidia.com/gpu": gpus}} if gpus else {},
-        "volumeMounts": [mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "command": training_pod.command(spec, dataset_uri),
+        "env": training_pod.env(spec, s3_endpoint),
+        "ports": training_pod.ports(spec),
+        "resources": training_pod.gpu_limits(spec),
+        "volumeMounts": training_pod.volume_mounts(training),
         "securityContext": security_context(),
     }
     # the labels let the chart's PodMonitor find rank 0's metrics port
     pod = {"metadata": {"labels": labels(training, "training")}, "spec": {
-        "containers": [container],
-        "volumes": [volume, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
-        "securityContext": pod_security_context(),
-        **pod_placement(sched),
-    }}
+        "containers": [container], "volumes": training_pod.volumes(training), **training_pod.pod_spec_fields(spec)}}
     replica_specs = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
     if res.nodes > 1:
         replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
@@ -70,9 +44,9 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
                                           **({"priorityClass": sched.priority_class} if sched.priority_class else {})}
     return {
         "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-        "metadata": child_metadata(training, names(training)["pytorchjob"], "training", sched),
+        "metadata": child_metadata(training, training_pod.names(training)["PyTorchJob"], "training", sched),
         "spec": {
-            "nprocPerNode": str(max(gpus, 1)),  # CPU training: one process per node
+            "nprocPerNode": str(training_pod.processes_per_node(spec)),
             "runPolicy": run_policy,
             "pytorchReplicaSpecs": replica_specs,
         },

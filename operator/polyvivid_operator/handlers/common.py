@@ -206,8 +206,6 @@ def declare_handlers(kind: KindDescriptor, reconcile: Reconcile) -> None:
     their owner."""
     RECONCILERS[kind.kind] = reconcile
     plural = kind.plural
-    child_api, child_kind = kind.workload
-    child = (*child_api.split("/"), PLURALS[child_kind])
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-events")
     async def on_event(type, body, memo, logger, **_):
@@ -221,8 +219,12 @@ def declare_handlers(kind: KindDescriptor, reconcile: Reconcile) -> None:
     async def sync(body, memo, logger, **_):
         await reconcile_named(kind.kind, body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
 
-    @kopf.on.event(*child, labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id=f"{child[2]}-events")
     async def on_child_event(type, body, memo, logger, **_):
         owner = owner_name(body, kind.kind)
         if owner:
             await reconcile_named(kind.kind, body["metadata"]["namespace"], owner, memo, logger)
+
+    for child_api, child_kind in kind.workloads:  # a cluster without a kind's CRD: kopf watches the others
+        child = (*child_api.split("/"), PLURALS[child_kind])
+        kopf.on.event(*child, labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id=f"{child[2]}-events")(
+            on_child_event)

@@ -30,7 +30,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     ns = body["metadata"]["namespace"]
     resolved = await resolve(ctx, body, CURATION)
     names = await apply_children(ctx, CURATION.build_children(body, resolved, ctx.config))
-    job = await ctx.kube.get(*CURATION.workload, ns, names["RayJob"])
+    job = await ctx.kube.get(*CURATION.workload(body), ns, names["RayJob"])
     phase, reason = rayjob_phase(job)
     message = {"Pending": "RayJob created, cluster starting", "Running": "curating",
                "Succeeded": f"dataset written to {spec.output}",

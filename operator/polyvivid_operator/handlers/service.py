@@ -33,7 +33,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         await require_secret(ctx, ns, spec.api_token_secret_ref.name, "spec.apiTokenSecretRef")
     resolved = await resolve(ctx, body, SERVICE)
     names = await apply_children(ctx, SERVICE.build_children(body, resolved, ctx.config))
-    rs = await ctx.kube.get(*SERVICE.workload, ns, names["RayService"])
+    rs = await ctx.kube.get(*SERVICE.workload(body), ns, names["RayService"])
     phase, reason, endpoints = rayservice_phase(rs)
     weights = resolved.get(TRAINED_WEIGHTS.kind)
     model, version = (weights.uri, weights.version or None) if weights else (spec.model.uri or spec.model.preset, None)

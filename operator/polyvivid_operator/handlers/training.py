@@ -1,5 +1,6 @@
-"""PolyVividTraining -> a PyTorchJob (and its spec ConfigMap); the status follows the PyTorchJob and
-OUTPUT/progress.json. A dataset that names a CurationJob waits (phase Waiting) until it succeeded.
+"""PolyVividTraining -> a TrainJob (Kubeflow Trainer v2) or a PyTorchJob (spec.backend), and its spec
+ConfigMap; the status follows the job and OUTPUT/progress.json. A dataset that names a CurationJob waits
+(phase Waiting) until it succeeded.
 
 With spec.precompute the job's pods first encode the inputs (train/precompute.py), then train: one child,
 two phases, the first resumable on its own. The status message says which phase is running."""
@@ -20,9 +21,13 @@ PROGRESS_FIELDS = (("stage", "stage"), ("step", "step"), ("loss", "loss"), ("lat
                    ("progress_updated_at", "updated_at"), ("evaluation", "evaluation"))
 
 
-def job_phase(job: dict | None) -> tuple[str, str, str]:
+def _true_conditions(job: dict | None) -> list[dict]:
+    return [c for c in ((job or {}).get("status") or {}).get("conditions", []) if c.get("status") == "True"]
+
+
+def pytorchjob_phase(job: dict | None) -> tuple[str, str, str]:
     """(phase, reason, since) from the PyTorchJob's latest true condition (training-operator v1)."""
-    conditions = [c for c in ((job or {}).get("status") or {}).get("conditions", []) if c.get("status") == "True"]
+    conditions = _true_conditions(job)
     if not conditions:
         return "Pending", "JobCreated", ""
     latest = conditions[-1]
@@ -31,15 +36,30 @@ def job_phase(job: dict | None) -> tuple[str, str, str]:
     return phase, latest.get("reason") or f"Job{latest['type']}", latest.get("lastTransitionTime", "")
 
 
+def trainjob_phase(job: dict | None) -> tuple[str, str, str]:
+    """(phase, reason, since) of a TrainJob (Trainer v2): its Failed or Complete condition when one is true,
+    else Suspended (Pending), else Running once one of its Jobs has a pod active, else Pending."""
+    status = (job or {}).get("status") or {}
+    conditions = {c["type"]: c for c in _true_conditions(job)}
+    for kind, phase in (("Failed", "Failed"), ("Complete", "Succeeded"), ("Suspended", "Pending")):
+        if kind in conditions:
+            c = conditions[kind]
+            return phase, c.get("reason") or f"Job{kind}", c.get("lastTransitionTime", "")
+    if any((s.get("active") or 0) + (s.get("ready") or 0) > 0 for s in status.get("jobsStatus") or []):
+        return "Running", "JobRunning", ""
+    return "Pending", "JobCreated", ""
+
+
 async def reconcile(body: dict, ctx: Context) -> Result:
     spec: TrainingSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
     resolved = await resolve(ctx, body, TRAINING)
     names = await apply_children(ctx, TRAINING.build_children(body, resolved, ctx.config))
-    job = await ctx.kube.get(*TRAINING.workload, ns, names["PyTorchJob"])
-    phase, reason, since = job_phase(job)
-    message = {"Pending": "PyTorchJob created, pods not running yet", "Running": "training",
-               "Succeeded": "training finished", "Failed": "the PyTorchJob failed (see its pods' logs)"}[phase]
+    api_version, kind = TRAINING.workload(body)
+    job = await ctx.kube.get(api_version, kind, ns, names[kind])
+    phase, reason, since = (trainjob_phase if kind == "TrainJob" else pytorchjob_phase)(job)
+    message = {"Pending": f"{kind} created, pods not running yet", "Running": "training",
+               "Succeeded": "training finished", "Failed": f"the {kind} failed (see its pods' logs)"}[phase]
     progress, final_weights = TrainingProgress(), None
     if phase != "Pending":
         document, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
@@ -63,7 +83,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
             final_weights = FinalWeights(uri=document.get("final") or final_weights_uri(spec.output),
                                          version=version or since)
     dataset = resolved.get(CURATED_DATASET.kind)
-    status = TrainingStatus(phase=phase, pytorch_job=names["PyTorchJob"], config_map=names["ConfigMap"],
+    status = TrainingStatus(phase=phase, train_job=names.get("TrainJob"), pytorch_job=names.get("PyTorchJob"),
+                            config_map=names["ConfigMap"],
                             dataset=dataset.uri if dataset else spec.dataset.uri, total_steps=spec.total_steps,
                             final_weights=final_weights, **progress.model_dump(exclude_none=True))
     return Result(status, phase == "Succeeded", reason, message)

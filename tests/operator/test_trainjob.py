@@ -1,0 +1,106 @@
+"""PolyVividTraining -> TrainJob (Kubeflow Trainer v2.3, the default backend), on the chart's
+ClusterTrainingRuntime: both validate against the upstream CRDs (schema and CEL), and the TrainJob carries
+what the training needs (no cluster: pure functions)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from polyvivid_operator.children.trainjob import PATCH_MANAGER, RUNTIME_CONTAINER, RUNTIME_JOB, render_trainjob
+from polyvivid_operator.children.training_pod import names
+from polyvivid_operator.config import OperatorConfig
+from polyvivid_operator.validation import InvalidSpec, check_training
+
+from polyvivid.api import PolyVividTraining
+
+from ..charts.conftest import render as render_chart
+from ..openapi import ROOT, upstream_errors
+
+
+def training(**spec_changes) -> dict:
+    manifest = yaml.safe_load((ROOT / "manifests" / "examples" / "demo-training.yaml").read_text())
+    manifest["metadata"].update(namespace="ml", uid="1234-5678")
+    manifest["spec"].update(copy.deepcopy(spec_changes))
+    return manifest
+
+
+def pod_patch(job: dict) -> dict:
+    (patch,) = job["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert patch["manager"] == PATCH_MANAGER and replicated["name"] == RUNTIME_JOB
+    return replicated["template"]["spec"]["template"]
+
+
+def test_a_multi_node_gpu_trainjob_validates_upstream_and_carries_the_training():
+    t = training(resources={"nodes": 4, "gpusPerNode": 8}, metricsPort=9090, globalBatchSize=32,
+                 storage={"endpoint": "http://minio.minio:9000", "secretRef": {"name": "s3-creds"}},
+                 scheduling={"queue": "research", "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+                             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]})
+    job = render_trainjob(t, image="registry.local/polyvivid:1", dataset_uri="s3://data/curated", runtime="rt")
+    assert upstream_errors(job) == []
+    broken = copy.deepcopy(job)  # the check is not vacuous: the schema and the CEL rules both bite
+    broken["spec"]["trainer"]["numNodes"] = "four"
+    broken["spec"]["managedBy"] = "someone-else"
+    errors = upstream_errors(broken)
+    assert any("numNodes" in e for e in errors) and any("managedBy" in e or "trainjob-controller" in e for e in errors)
+
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["metadata"]["name"] == "demo-train"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "1234-5678"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
+    assert job["spec"]["runtimeRef"] == {"name": "rt", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
+    trainer = job["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
+    assert trainer["resourcesPerNode"] == {"limits": {"nvidia.com/gpu": 8}}
+    assert trainer["image"] == "registry.local/polyvivid:1"
+    assert trainer["command"][:5] == ["torchrun", "--module", "polyvivid.cli", "train", "/etc/polyvivid/training.yaml"]
+    assert trainer["command"][-2:] == ["--dataset", "s3://data/curated"]
+    env = {e["name"]: e for e in trainer["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert not {name for name in env if name.startswith("PET_")}  # Trainer's own (its webhook refuses them)
+
+    pod = pod_patch(job)
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "training"
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == RUNTIME_CONTAINER and container["securityContext"]["runAsNonRoot"] is True
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/polyvivid", "/dev/shm"}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["spec"]["configMap"]["name"] == names(t)["ConfigMap"] == "demo-train-spec"
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_a_cpu_trainjob_has_one_process_and_no_gpus():
+    job = render_trainjob(training())  # the demo: 1 node, 0 GPUs
+    assert upstream_errors(job) == []
+    assert job["spec"]["trainer"]["numProcPerNode"] == 1 and "resourcesPerNode" not in job["spec"]["trainer"]
+    assert "nvidia.com/gpu" not in yaml.safe_dump(job)
+
+
+def test_what_a_trainjob_cannot_carry_is_refused_with_the_way_out():
+    config = OperatorConfig()
+    check_training(PolyVividTraining.model_validate(training()).spec, config)
+    with pytest.raises(InvalidSpec, match=r"^spec.scheduling.priorityClass: .*or spec.backend: pytorchjob$"):
+        check_training(PolyVividTraining.model_validate(training(scheduling={"priorityClass": "high"})).spec, config)
+    with pytest.raises(InvalidSpec, match=r"^spec.metricsPort: .* use 9090 or 0"):
+        check_training(PolyVividTraining.model_validate(training(metricsPort=9100)).spec, config)
+    check_training(PolyVividTraining.model_validate(training(metricsPort=9100, backend="pytorchjob")).spec, config)
+
+
+def test_the_chart_installs_the_runtime_the_trainjobs_reference():
+    (runtime,) = [o for o in render_chart() if o["kind"] == "ClusterTrainingRuntime"]
+    assert upstream_errors(runtime) == []
+    assert runtime["metadata"]["name"] == OperatorConfig().training_runtime
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == RUNTIME_JOB
+    assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    (container,) = job["template"]["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == RUNTIME_CONTAINER and container["securityContext"]["runAsNonRoot"] is True
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+    deployment = next(o for o in render_chart() if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POLYVIVID_TRAINING_RUNTIME"] == runtime["metadata"]["name"]
+    assert not [o for o in render_chart({"trainingRuntime": {"install": False}}) if o["kind"] == "ClusterTrainingRuntime"]
