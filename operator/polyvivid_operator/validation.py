@@ -97,6 +97,9 @@ def check_training(spec, config: OperatorConfig) -> None:
             raise InvalidSpec("spec.scheduling.priorityClass: a TrainJob (Kubeflow Trainer v2.3) cannot set its "
                               "pods' priority class; use Kueue's WorkloadPriorityClass (label "
                               "kueue.x-k8s.io/priority-class), or spec.backend: pytorchjob")
+        if spec.env_from:
+            raise InvalidSpec("spec.envFrom: a TrainJob (Kubeflow Trainer v2.3) takes env only; name each variable in "
+                              "spec.env with valueFrom (secretKeyRef / configMapKeyRef), or spec.backend: pytorchjob")
         if spec.metrics_port not in (0, RUNTIME_METRICS_PORT):
             raise InvalidSpec(f"spec.metricsPort: a TrainJob's pods declare the training runtime's metrics port, "
                               f"{RUNTIME_METRICS_PORT}; use {RUNTIME_METRICS_PORT} or 0 (off), or spec.backend: "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "polyvivid.io"
@@ -80,6 +80,32 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(None, ge=0)
 
 
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_QUANTITY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+                   "Ti": 2**40}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("64Gi", "1.5T", "512") in bytes."""
+    number = quantity.rstrip("KiMGTk")
+    return int(float(number) * _QUANTITY_UNITS[quantity[len(number):]])
+
+
+class EnvVar(ApiModel):
+    """A container env var (core/v1 EnvVar): a value, or valueFrom (a secretKeyRef, configMapKeyRef, fieldRef
+    or resourceFieldRef, passed as given)."""
+
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    value_from: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: give value or valueFrom, not both")
+        return self
+
+
 class SchedulingSpec(ApiModel):
     """Where and how the pods run; passed through to every pod the operator creates for the resource."""
 
@@ -89,6 +115,10 @@ class SchedulingSpec(ApiModel):
     queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name); "
                                                 "Kueue then admits the job when the quota allows")
     priority_class: str | None = Field(None, description="PriorityClass of the pods")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="names of Secrets the pods pull the "
+                                          "image with (imagePullSecrets)")
+    service_account_name: str | None = Field(None, description="the pods' ServiceAccount (default: the namespace's "
+                                             "default), e.g. one bound to a cloud role for the object store")
 
 
 class WorkerShape(ApiModel):
@@ -96,7 +126,7 @@ class WorkerShape(ApiModel):
 
     gpus: int = Field(1, ge=0, le=16, description="GPUs per worker pod; 0 makes CPU-only workers")
     cpus: int = Field(8, ge=1, le=512, description="CPU cores per worker pod")
-    memory: str = Field("64Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+    memory: str = Field("64Gi", pattern=QUANTITY_PATTERN,
                         description="memory per worker pod (a Kubernetes quantity)")
     gpu_memory_gib: float = Field(80.0, gt=0, le=1024, description="memory of one of its GPUs (H100: 80, H200: "
                                   "141); the memory planner checks a service's largest request against it")

@@ -9,14 +9,15 @@ reduced part.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..model.options import (DEFAULT_INJECTION, SMOKE_PRESET, SPEC_TRANSFORMER_OPTIONS, TRAINABLE_GROUPS,
                              InjectionName, PresetName, TrainableGroup)
-from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec
+from .common import (API_VERSION, QUANTITY_PATTERN, ApiModel, EnvVar, ObjectMeta, SchedulingSpec, StorageSpec,
+                     quantity_bytes)
 
 
 class Resolution(ApiModel):
@@ -155,15 +156,67 @@ class DataLoaderSpec(ApiModel):
                                 "memory: one 129x544x960 sample is 0.19 GiB)")
 
 
+# defaults of a node's pod, per GPU (and the least, for CPU training): an 8-GPU H100/H200 node has 2 TiB and
+# about 200 cores, of which the pod takes 96 cores, 768 GiB (64 GiB of it /dev/shm)
+CPUS_PER_GPU, MIN_CPUS = 12, 4
+MEMORY_GIB_PER_GPU, MIN_MEMORY_GIB = 96, 16
+SHM_GIB_PER_GPU, MIN_SHM_GIB = 8, 1
+
+
 class ResourcesSpec(ApiModel):
     nodes: int = Field(1, ge=1, le=512)
     gpus_per_node: int = Field(8, ge=0, le=16, description="0 trains on CPU (one process per node)")
     gpu_memory_gib: float = Field(80.0, gt=0, le=1024, description="memory of one GPU (H100: 80, H200: 141); "
                                   "the operator refuses a spec the memory planner says cannot fit")
+    cpus_per_node: int | None = Field(None, ge=1, le=1024, description="CPU cores of each node's pod (requests = "
+                                      f"limits); default {CPUS_PER_GPU} a GPU, at least {MIN_CPUS}")
+    memory_per_node: str | None = Field(None, pattern=QUANTITY_PATTERN, description="memory of each node's pod "
+                                        f"(requests = limits), /dev/shm included; default {MEMORY_GIB_PER_GPU}Gi a "
+                                        f"GPU, at least {MIN_MEMORY_GIB}Gi")
+    shm_size: str | None = Field(None, pattern=QUANTITY_PATTERN, description="/dev/shm of each node's pod (NCCL, "
+                                 f"data loader workers); default {SHM_GIB_PER_GPU}Gi a GPU, at least {MIN_SHM_GIB}Gi. "
+                                 "It is memory: it counts in memoryPerNode, and may be at most half of it")
+    ephemeral_storage: str = Field("50Gi", pattern=QUANTITY_PATTERN, description="ephemeral-storage request of "
+                                   "each node's pod (logs, scratch, a checkpoint staged for upload); a weights cache "
+                                   "of the pod's own (weightsCache.size) is added to it")
+    extended: dict[str, int] = Field(default_factory=dict, description="other resources each node's pod asks for "
+                                     "(requests = limits), e.g. the RDMA device plugin's {rdma/rdma_shared_device_a: 1}"
+                                     " with network infiniband or roce")
 
     @property
     def world_size(self) -> int:
         return self.nodes * max(self.gpus_per_node, 1)
+
+    @property
+    def cpus(self) -> int:
+        return self.cpus_per_node or max(MIN_CPUS, CPUS_PER_GPU * self.gpus_per_node)
+
+    @property
+    def memory(self) -> str:
+        return self.memory_per_node or f"{max(MIN_MEMORY_GIB, MEMORY_GIB_PER_GPU * self.gpus_per_node)}Gi"
+
+    @property
+    def shm(self) -> str:
+        return self.shm_size or f"{max(MIN_SHM_GIB, SHM_GIB_PER_GPU * self.gpus_per_node)}Gi"
+
+    @model_validator(mode="after")
+    def _shm_within_memory(self):
+        if 2 * quantity_bytes(self.shm) > quantity_bytes(self.memory):
+            raise ValueError(f"shmSize {self.shm} is more than half of memoryPerNode {self.memory}: /dev/shm is "
+                             "memory, and counts in it")
+        return self
+
+
+class WeightsCache(ApiModel):
+    """Where a node's pod keeps the base weights it downloads (POLYVIVID_CACHE): once per node, not once per
+    container restart."""
+
+    persistent_volume_claim: str | None = Field(None, description="a PVC to keep them in: ReadWriteMany (NFS, "
+                                                "CephFS, Lustre), every node shares it and each file downloads once; "
+                                                "ReadWriteOnce only for a single node")
+    size: str = Field("200Gi", pattern=QUANTITY_PATTERN, description="without a PVC, each pod's own emptyDir of this "
+                      "size (HunyuanVideo + LLaVA: about 45 GB): it survives container restarts, not a new pod")
+
 
 
 EvalMetric = Literal["face", "dino", "clip-b", "clip-l", "temporal", "fvd"]
@@ -256,6 +309,19 @@ class TrainingSpec(ApiModel):
     seed: int = 0
     storage: StorageSpec = Field(default_factory=StorageSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    env: list[EnvVar] = Field(default_factory=list, description="env of the training containers; a name given "
+                              "here replaces the network preset's")
+    env_from: list[dict[str, Any]] = Field(default_factory=list, description="envFrom of the training containers "
+                                           "(configMapRef / secretRef sources); backend pytorchjob only (a TrainJob "
+                                           "takes env only: name each variable with valueFrom)")
+    network: Literal["auto", "infiniband", "roce", "tcp"] = Field(
+        "auto", description="NCCL settings for the nodes' fabric: infiniband, roce (RoCE v2) or tcp presets "
+        "(operator/polyvivid_operator/children/training_pod.py NCCL_PRESETS, listed in the README); auto leaves NCCL "
+        "to detect it")
+    termination_grace_period_seconds: int = Field(900, ge=30, le=86400, description="seconds from SIGTERM to SIGKILL "
+                                                  "of a training pod: the trainer finishes its step and uploads a "
+                                                  "checkpoint within them (13B: minutes)")
+    weights_cache: WeightsCache = Field(default_factory=WeightsCache)
     evaluation: EvaluationSpec | None = Field(None, description="score the final weights on a test set")
     precompute: PrecomputeSpec | None = Field(None, description="encode the inputs once before training "
                                               "(`precompute: {}` for the defaults); without it every step encodes "

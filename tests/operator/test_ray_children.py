@@ -107,3 +107,14 @@ def test_a_replica_larger_than_a_worker_pod_is_refused():
     spec = ServiceSpec.model_validate(service(replicas={"gpusPerReplica": 4}, worker={"gpus": 2})["spec"])
     with pytest.raises(ValueError, match="more than one worker pod"):
         rayservice.worker_bounds(spec)
+
+
+def test_ray_pods_get_the_pull_secrets_and_service_account():
+    scheduling = {"imagePullSecrets": ["regcred"], "serviceAccountName": "polyvivid-ray"}
+    job = rayjob.render_rayjob(curation(scheduling=scheduling))
+    svc = rayservice.render_rayservice(service(scheduling=scheduling), image="reg/pv:1")
+    assert upstream_errors(job) == [] and upstream_errors(svc) == []
+    for cluster in (job["spec"]["rayClusterSpec"], svc["spec"]["rayClusterConfig"]):
+        for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+            pod = group["template"]["spec"]
+            assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "polyvivid-ray"

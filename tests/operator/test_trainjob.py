@@ -52,7 +52,10 @@ def test_a_multi_node_gpu_trainjob_validates_upstream_and_carries_the_training()
     assert job["spec"]["runtimeRef"] == {"name": "rt", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
     trainer = job["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
-    assert trainer["resourcesPerNode"] == {"limits": {"nvidia.com/gpu": 8}}
+    # defaults from the GPU count: 12 cores and 96 GiB a GPU, requests = limits (Guaranteed), /dev/shm in them
+    assert trainer["resourcesPerNode"] == {
+        "limits": {"cpu": "96", "memory": "768Gi", "nvidia.com/gpu": 8},
+        "requests": {"cpu": "96", "memory": "768Gi", "nvidia.com/gpu": 8, "ephemeral-storage": "250Gi"}}
     assert trainer["image"] == "registry.local/polyvivid:1"
     assert trainer["command"][:5] == ["torchrun", "--module", "polyvivid.cli", "train", "/etc/polyvivid/training.yaml"]
     assert trainer["command"][-2:] == ["--dataset", "s3://data/curated"]
@@ -64,10 +67,13 @@ def test_a_multi_node_gpu_trainjob_validates_upstream_and_carries_the_training()
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "training"
     (container,) = pod["spec"]["containers"]
     assert container["name"] == RUNTIME_CONTAINER and container["securityContext"]["runAsNonRoot"] is True
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/polyvivid", "/dev/shm"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/polyvivid", "/dev/shm", "/var/cache/polyvivid"}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["spec"]["configMap"]["name"] == names(t)["ConfigMap"] == "demo-train-spec"
-    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}  # 8Gi a GPU
+    assert volumes["weights-cache"]["emptyDir"] == {"sizeLimit": "200Gi"}  # the pod's own: in its ephemeral storage
+    assert env["POLYVIVID_CACHE"]["value"] == "/var/cache/polyvivid" and env["OMP_NUM_THREADS"]["value"] == "12"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 900
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
@@ -75,8 +81,49 @@ def test_a_multi_node_gpu_trainjob_validates_upstream_and_carries_the_training()
 def test_a_cpu_trainjob_has_one_process_and_no_gpus():
     job = render_trainjob(training())  # the demo: 1 node, 0 GPUs
     assert upstream_errors(job) == []
-    assert job["spec"]["trainer"]["numProcPerNode"] == 1 and "resourcesPerNode" not in job["spec"]["trainer"]
+    assert job["spec"]["trainer"]["numProcPerNode"] == 1
+    assert job["spec"]["trainer"]["resourcesPerNode"]["limits"] == {"cpu": "4", "memory": "16Gi"}
     assert "nvidia.com/gpu" not in yaml.safe_dump(job)
+
+
+def test_pod_essentials_pass_through_to_both_backends():
+    """Resources, /dev/shm, env with the NCCL preset (a spec.env name wins), envFrom (PyTorchJob only),
+    the grace period, pull secrets, service account and a shared weights cache."""
+    from polyvivid_operator.children.pytorchjob import render_pytorchjob
+
+    changes = dict(
+        resources={"nodes": 2, "gpusPerNode": 8, "cpusPerNode": 64, "memoryPerNode": "1Ti", "shmSize": "128Gi",
+                   "ephemeralStorage": "20Gi", "extended": {"rdma/rdma_shared_device_a": 1}},
+        globalBatchSize=16, network="infiniband", terminationGracePeriodSeconds=1800,
+        env=[{"name": "NCCL_IB_HCA", "value": "mlx5_0,mlx5_1"},
+             {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}}],
+        scheduling={"imagePullSecrets": ["regcred"], "serviceAccountName": "trainer"},
+        weightsCache={"persistentVolumeClaim": "hf-weights"})
+    job = render_trainjob(training(**changes))
+    v1 = render_pytorchjob(training(backend="pytorchjob", envFrom=[{"configMapRef": {"name": "extra"}}], **changes))
+    assert upstream_errors(job) == [] and upstream_errors(v1) == []
+    v1_pod = v1["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+    (v1_container,) = v1_pod["spec"]["containers"]
+    for resources, env, pod in ((job["spec"]["trainer"]["resourcesPerNode"], job["spec"]["trainer"]["env"],
+                                 pod_patch(job)), (v1_container["resources"], v1_container["env"], v1_pod)):
+        assert resources["limits"] == {"cpu": "64", "memory": "1Ti", "nvidia.com/gpu": 8, "rdma/rdma_shared_device_a": 1}
+        assert resources["requests"]["ephemeral-storage"] == "20Gi"  # the cache is a PVC: not the pod's storage
+        values = {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
+        assert [e["name"] for e in env].count("NCCL_IB_HCA") == 1 and values["NCCL_IB_HCA"] == "mlx5_0,mlx5_1"
+        assert values["NCCL_NET_GDR_LEVEL"] == "PHB" and values["NCCL_IB_DISABLE"] == "0"  # the preset's others
+        assert values["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "key"}}
+        assert values["OMP_NUM_THREADS"] == "8"  # 64 cores for 8 processes
+        spec = pod["spec"]
+        assert spec["terminationGracePeriodSeconds"] == 1800
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["serviceAccountName"] == "trainer"
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["weights-cache"] == {"name": "weights-cache", "persistentVolumeClaim": {"claimName": "hf-weights"}}
+        assert volumes["dshm"]["emptyDir"]["sizeLimit"] == "128Gi"
+    assert v1_container["envFrom"] == [{"configMapRef": {"name": "extra"}}]
+    tcp = {e["name"]: e.get("value") for e in render_trainjob(training(network="tcp"))["spec"]["trainer"]["env"]}
+    assert tcp["NCCL_IB_DISABLE"] == "1" and tcp["NCCL_SOCKET_IFNAME"] == "eth0"
+    with pytest.raises(ValueError, match="shmSize 64Gi is more than half of memoryPerNode 100Gi"):
+        PolyVividTraining.model_validate(training(resources={"gpusPerNode": 8, "memoryPerNode": "100Gi"}))
 
 
 def test_what_a_trainjob_cannot_carry_is_refused_with_the_way_out():
@@ -86,6 +133,8 @@ def test_what_a_trainjob_cannot_carry_is_refused_with_the_way_out():
         check_training(PolyVividTraining.model_validate(training(scheduling={"priorityClass": "high"})).spec, config)
     with pytest.raises(InvalidSpec, match=r"^spec.metricsPort: .* use 9090 or 0"):
         check_training(PolyVividTraining.model_validate(training(metricsPort=9100)).spec, config)
+    with pytest.raises(InvalidSpec, match=r"^spec.envFrom: a TrainJob .* takes env only"):
+        check_training(PolyVividTraining.model_validate(training(envFrom=[{"secretRef": {"name": "s"}}])).spec, config)
     check_training(PolyVividTraining.model_validate(training(metricsPort=9100, backend="pytorchjob")).spec, config)
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -128,10 +129,15 @@ def test_training_learns_on_synthetic_data(synth_dataset, tmp_path):
 
 
 def test_sigterm_checkpoints_and_exits_for_a_restart_and_metrics_are_served(synth_dataset, tmp_path):
+    """SIGTERM -> the step ends -> a checkpoint is uploaded -> exit 143, within the pods' grace period
+    (spec.terminationGracePeriodSeconds, the kubelet's SIGKILL after it): the path a preempted or suspended
+    training pod takes."""
     output = str(tmp_path / "preempt")
     port = free_port()
+    grace = 30
     spec = write_spec(tmp_path / "spec.yaml", training_manifest(
-        synth_dataset, output, steps=(200, 0), low_res=0, checkpointInterval=1000, metricsPort=port))
+        synth_dataset, output, steps=(200, 0), low_res=0, checkpointInterval=1000, metricsPort=port,
+        terminationGracePeriodSeconds=grace))
     proc = subprocess.Popen([sys.executable, "-m", "polyvivid.cli", "train", str(spec), "--metrics-addr", "127.0.0.1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env())
 
@@ -140,8 +146,11 @@ def test_sigterm_checkpoints_and_exits_for_a_restart_and_metrics_are_served(synt
                  "polyvivid_train_total_steps 200"):
         assert name in metrics
     proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     log = proc.communicate(timeout=120)[0]
+    took = time.monotonic() - signalled
     assert proc.returncode == 143, log[-2000:]
+    assert took < grace, f"SIGTERM to exit took {took:.1f} s, more than the {grace} s grace period"
     state = progress(output)
     assert state["status"] == "preempted" and 2 <= state["step"] < 200
     assert open_store(output).read_text("checkpoints/latest") == f"step-{state['step']:08d}"

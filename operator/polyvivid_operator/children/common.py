@@ -71,8 +71,13 @@ def spec_configmap(owner: dict, name: str, file_name: str, component: str) -> di
 
 
 def pod_placement(scheduling: SchedulingSpec) -> dict[str, Any]:
-    """nodeSelector, tolerations and priority class for a pod spec (only the ones set)."""
+    """nodeSelector, tolerations, priority class, image pull secrets and service account for a pod spec
+    (only the ones set)."""
     out: dict[str, Any] = {}
+    if scheduling.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": name} for name in scheduling.image_pull_secrets]
+    if scheduling.service_account_name:
+        out["serviceAccountName"] = scheduling.service_account_name
     if scheduling.node_selector:
         out["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:

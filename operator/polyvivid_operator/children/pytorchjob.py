@@ -27,10 +27,12 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
         "command": training_pod.command(spec, dataset_uri),
         "env": training_pod.env(spec, s3_endpoint),
         "ports": training_pod.ports(spec),
-        "resources": training_pod.gpu_limits(spec),
+        "resources": training_pod.resources(spec),
         "volumeMounts": training_pod.volume_mounts(training),
         "securityContext": security_context(),
     }
+    if spec.env_from:
+        container["envFrom"] = spec.env_from
     # the labels let the chart's PodMonitor find rank 0's metrics port
     pod = {"metadata": {"labels": labels(training, "training")}, "spec": {
         "containers": [container], "volumes": training_pod.volumes(training), **training_pod.pod_spec_fields(spec)}}

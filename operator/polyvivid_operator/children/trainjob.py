@@ -2,12 +2,12 @@
 Trainer v2), on the ClusterTrainingRuntime the chart installs (charts/.../templates/trainingruntime.yaml:
 torch distributed, our image and command, one replicated job `node` whose container is `node`).
 
-What is the training's own goes in the TrainJob: the image, the command, nodes and processes per node and
-the GPUs (spec.trainer), the env; the rest of the pod, which Trainer v2.3 takes only as a runtime patch
-(spec.runtimePatches, keyed by its manager), goes there: the pod's labels, volumes, mounts, security
-context and placement. Trainer v2.3's patch cannot set a container's ports or a pod's priority class:
-the runtime declares the metrics port (9090), and validation.py refuses other metricsPort values and
-scheduling.priorityClass with this backend.
+What is the training's own goes in the TrainJob: the image, the command, nodes and processes per node,
+the resources and the env (spec.trainer); the rest of the pod, which Trainer v2.3 takes only as a runtime
+patch (spec.runtimePatches, keyed by its manager), goes there: the pod's labels, volumes, mounts, security
+context, grace period, pull secrets, service account and placement. Trainer v2.3 cannot set a container's
+ports or envFrom or a pod's priority class per TrainJob: the runtime declares the metrics port (9090), and
+validation.py refuses other metricsPort values, envFrom and scheduling.priorityClass with this backend.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ def render_trainjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str
         "numNodes": spec.resources.nodes,
         "numProcPerNode": training_pod.processes_per_node(spec),
         "env": training_pod.env(spec, s3_endpoint),
+        "resourcesPerNode": training_pod.resources(spec),
     }
-    if training_pod.gpu_limits(spec):
-        trainer["resourcesPerNode"] = training_pod.gpu_limits(spec)
     pod = {
         "metadata": {"labels": labels(training, "training")},  # the PodMonitor finds rank 0 by them
         "spec": {"containers": [{"name": RUNTIME_CONTAINER, "volumeMounts": training_pod.volume_mounts(training),
