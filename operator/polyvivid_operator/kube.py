@@ -7,6 +7,7 @@ in $KUBECONFIG), so the operator and kopf always talk to the same cluster as the
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import ssl
 from typing import Any
@@ -102,10 +103,14 @@ class Kube:
             return None
         return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
-    async def apply(self, desired: dict) -> str:
-        """Create the child, or patch it where it differs from `desired`: "created", "updated" or "unchanged"."""
+    async def apply(self, desired: dict, keep: list[tuple[str, ...]] = (), own_labels: tuple[str, ...] = ()) -> str:
+        """Create the child, or patch it where it differs from `desired`: "created", "updated" or "unchanged".
+        keep: paths another controller owns once the child exists (Kueue's suspend): the current value stays.
+        own_labels: labels only `desired` decides: one the child has and `desired` lacks is removed."""
         meta = desired["metadata"]
         current = await self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        if current is not None and keep:
+            desired = _with_current(desired, current, keep)
         if current is None:
             try:
                 await self.create(desired)
@@ -118,12 +123,30 @@ class Kube:
                  if not contains(current.get(k), v)}
         meta_patch = {k: meta[k] for k in ("labels", "ownerReferences")
                       if not contains(current["metadata"].get(k), meta[k])}
+        dropped = {k: None for k in own_labels if k in (current["metadata"].get("labels") or {})
+                   and k not in meta.get("labels", {})}
+        if dropped:  # a merge patch removes a key given as null
+            meta_patch["labels"] = {**meta.get("labels", {}), **dropped}
         if not patch and not meta_patch:
             return "unchanged"
         if meta_patch:
             patch["metadata"] = meta_patch
         await self.merge_patch(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"], patch)
         return "updated"
+
+
+def _with_current(desired: dict, current: dict, paths: list[tuple[str, ...]]) -> dict:
+    """`desired` with the value `current` has at each path (absent there: absent here)."""
+    desired = copy.deepcopy(desired)
+    for path in paths:
+        node, have = desired, current
+        for key in path[:-1]:
+            node, have = node.setdefault(key, {}), (have or {}).get(key)
+        if isinstance(have, dict) and path[-1] in have:
+            node[path[-1]] = have[path[-1]]
+        else:
+            node.pop(path[-1], None)
+    return desired
 
 
 def contains(current: Any, desired: Any) -> bool:

@@ -145,6 +145,10 @@ def check_service(spec, config: OperatorConfig) -> None:
         raise InvalidSpec(f"spec.replicas: a replica needs {spec.replicas.gpus_per_replica} GPUs and "
                           f"{spec.replicas.cpus_per_replica} CPUs, a worker pod has {spec.worker.gpus} and "
                           f"{spec.worker.cpus} (spec.worker)") from None
+    if spec.scheduling.queue and spec.replicas.min != spec.replicas.max:
+        raise InvalidSpec(f"spec.replicas: with a Kueue queue (spec.scheduling.queue) a service has a fixed size: "
+                          f"Kueue needs the RayCluster's in-tree autoscaling off; set min = max (now "
+                          f"{spec.replicas.min} and {spec.replicas.max})")
     too_big = memory_plan.service_refusal(spec)  # replicas that could not split or hold the largest request
     if too_big:
         raise InvalidSpec(too_big)

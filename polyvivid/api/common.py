@@ -106,14 +106,24 @@ class EnvVar(ApiModel):
         return self
 
 
+class Suspendable(ApiModel):
+    """spec.suspend, which every kind has."""
+
+    suspend: bool = Field(False, description="stop the workload and keep its state: a training checkpoints and its "
+                          "pods stop, a curation's or a service's pods stop; false again resumes (a training from "
+                          "its checkpoint). While suspended the child is out of Kueue's queue")
+
+
 class SchedulingSpec(ApiModel):
     """Where and how the pods run; passed through to every pod the operator creates for the resource."""
 
     image: str | None = Field(None, description="container image (default: the operator's workload image)")
     node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods")
     tolerations: list[Toleration] = Field(default_factory=list, description="tolerations of the pods")
-    queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name); "
-                                                "Kueue then admits the job when the quota allows")
+    queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name): the "
+                                                "job is created suspended, and Kueue starts it when the quota allows")
+    volcano_queue: str | None = Field(None, description="a Volcano queue, for PyTorchJobs on clusters that "
+                                      "gang-schedule with Volcano (runPolicy.schedulingPolicy); not Kueue's")
     priority_class: str | None = Field(None, description="PriorityClass of the pods")
     image_pull_secrets: list[str] = Field(default_factory=list, description="names of Secrets the pods pull the "
                                           "image with (imagePullSecrets)")

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from ..model.options import AttentionBackend, PresetName
 from .common import (API_VERSION, MAX_FRAMES, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, ApiModel, ObjectMeta,
-                     SchedulingSpec, StorageSpec, WorkerShape)
+                     SchedulingSpec, StorageSpec, Suspendable, WorkerShape)
 
 
 class ServedModel(ApiModel):
@@ -110,7 +110,7 @@ class TokenSecretRef(ApiModel):
     key: str = Field("token", min_length=1)
 
 
-class ServiceSpec(ApiModel):
+class ServiceSpec(Suspendable):
     model: ServedModel
     replicas: Replicas = Field(default_factory=Replicas)
     limits: Limits = Field(default_factory=Limits)

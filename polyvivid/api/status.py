@@ -19,9 +19,9 @@ from .curation import CURATION_STAGE_NAMES
 
 ConditionType = Literal["Ready"]
 ConditionStatus = Literal["True", "False", "Unknown"]
-TrainingPhase = Literal["Waiting", "Pending", "Running", "Succeeded", "Failed", "Invalid"]
-CurationPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Invalid"]
-ServicePhase = Literal["Waiting", "Deploying", "Ready", "Failed", "Invalid"]
+TrainingPhase = Literal["Waiting", "Pending", "Running", "Suspended", "Succeeded", "Failed", "Invalid"]
+CurationPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "Invalid"]
+ServicePhase = Literal["Waiting", "Deploying", "Ready", "Suspended", "Failed", "Invalid"]
 
 
 class Condition(ApiModel):

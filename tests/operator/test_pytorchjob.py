@@ -87,7 +87,12 @@ def test_queue_priority_and_placement_pass_through():
     job = render_pytorchjob(t, image="ignored/by:spec")
     assert upstream_errors(job) == []
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
-    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2, "queue": "research", "priorityClass": "high"}
+    assert job["spec"]["runPolicy"]["suspend"] is True  # created suspended: Kueue starts it
+    assert "schedulingPolicy" not in job["spec"]["runPolicy"]  # Kueue's label only: no Volcano queue
+    volcano = render_pytorchjob(training(resources={"nodes": 2, "gpusPerNode": 8}, scheduling={
+        "volcanoQueue": "gang", "priorityClass": "high"}))
+    assert volcano["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2, "queue": "gang", "priorityClass": "high"}
+    assert volcano["spec"]["runPolicy"]["suspend"] is False and "kueue.x-k8s.io/queue-name" not in volcano["metadata"]["labels"]
     pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
     assert pod["priorityClassName"] == "high" and pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}]

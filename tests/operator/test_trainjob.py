@@ -153,3 +153,42 @@ def test_the_chart_installs_the_runtime_the_trainjobs_reference():
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["POLYVIVID_TRAINING_RUNTIME"] == runtime["metadata"]["name"]
     assert not [o for o in render_chart({"trainingRuntime": {"install": False}}) if o["kind"] == "ClusterTrainingRuntime"]
+
+
+def test_kueue_children_are_created_suspended_and_spec_suspend_holds_them_out_of_the_queue():
+    """With a queue: the label, suspend true on create (then Kueue's, see the emulator test). spec.suspend: no
+    label (out of Kueue's queue, which would start it again) and suspend true, for every kind."""
+    from polyvivid_operator.children import rayjob, rayservice
+    from polyvivid_operator.children.common import KUEUE_QUEUE_LABEL, kueue_owned_paths
+
+    from .test_ray_children import curation, service
+
+    queued = render_trainjob(training(scheduling={"queue": "research"}))
+    assert queued["spec"]["suspend"] is True and queued["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "research"
+    assert kueue_owned_paths(queued) == [("spec", "suspend")]
+    plain = render_trainjob(training())
+    assert plain["spec"]["suspend"] is False and kueue_owned_paths(plain) == []
+    held = render_trainjob(training(scheduling={"queue": "research"}, suspend=True))
+    assert held["spec"]["suspend"] is True and KUEUE_QUEUE_LABEL not in held["metadata"]["labels"]
+    assert kueue_owned_paths(held) == []  # ours to set: true until spec.suspend is false again
+    job = rayjob.render_rayjob(curation(scheduling={"queue": "data"}))
+    assert job["spec"]["suspend"] is True and kueue_owned_paths(job) == [("spec", "suspend")]
+    assert rayjob.render_rayjob(curation(suspend=True))["spec"]["suspend"] is True
+    svc = rayservice.render_rayservice(service(suspend=True))
+    assert svc["spec"]["rayClusterConfig"]["suspend"] is True and upstream_errors(svc) == []
+    assert "suspend" not in rayservice.render_rayservice(service())["spec"]["rayClusterConfig"]
+    for child in (queued, held, job):
+        assert upstream_errors(child) == []
+
+
+def test_a_queued_service_must_not_autoscale():
+    from polyvivid.api.service import ServiceSpec
+    from polyvivid_operator.validation import check_service
+
+    from .test_ray_children import service
+
+    body = service(scheduling={"queue": "serving"}, replicas={"min": 1, "max": 4, "gpusPerReplica": 1})["spec"]
+    with pytest.raises(InvalidSpec, match=r"^spec.replicas: with a Kueue queue .* set min = max \(now 1 and 4\)"):
+        check_service(ServiceSpec.model_validate(body), OperatorConfig())
+    fixed = ServiceSpec.model_validate({**body, "replicas": {"min": 2, "max": 2, "gpusPerReplica": 1}})
+    check_service(fixed, OperatorConfig())

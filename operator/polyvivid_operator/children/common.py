@@ -53,9 +53,29 @@ def owner_reference(owner: dict) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def child_metadata(owner: dict, name: str, component: str, scheduling: SchedulingSpec | None = None) -> dict[str, Any]:
+# Where each child kind that Kueue can hold says suspended. A child with the Kueue label is created
+# suspended, and after that its suspension is Kueue's (kube.apply keeps what Kueue set).
+SUSPEND_PATHS = {"TrainJob": ("spec", "suspend"), "PyTorchJob": ("spec", "runPolicy", "suspend"),
+                 "RayJob": ("spec", "suspend")}
+
+
+def queued(scheduling: SchedulingSpec | None, suspended: bool) -> bool:
+    """Whether a child goes to Kueue: a queue is named, and spec.suspend does not hold it out of the queue (a
+    suspended child in Kueue's queue would be admitted and started again)."""
+    return bool(scheduling is not None and scheduling.queue) and not suspended
+
+
+def kueue_owned_paths(child: dict) -> list[tuple[str, ...]]:
+    """The fields of a child that Kueue owns once it exists (its suspension, while it carries the label)."""
+    if KUEUE_QUEUE_LABEL in child["metadata"].get("labels", {}) and child["kind"] in SUSPEND_PATHS:
+        return [SUSPEND_PATHS[child["kind"]]]
+    return []
+
+
+def child_metadata(owner: dict, name: str, component: str, scheduling: SchedulingSpec | None = None,
+                   suspended: bool = False) -> dict[str, Any]:
     meta = {"name": name, "labels": labels(owner, component), "ownerReferences": [owner_reference(owner)]}
-    if scheduling is not None and scheduling.queue:  # Kueue admits labelled jobs (it suspends/resumes them)
+    if queued(scheduling, suspended):  # Kueue admits labelled jobs (it resumes them, and suspends on preemption)
         meta["labels"][KUEUE_QUEUE_LABEL] = scheduling.queue
     if owner["metadata"].get("namespace"):
         meta["namespace"] = owner["metadata"]["namespace"]

@@ -8,7 +8,7 @@ from typing import Any
 from polyvivid.api import PolyVividTraining
 
 from . import training_pod
-from .common import DEFAULT_IMAGE, child_metadata, labels, security_context
+from .common import DEFAULT_IMAGE, child_metadata, labels, queued, security_context
 
 BACKOFF_LIMIT = 3
 
@@ -39,14 +39,15 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
     replica_specs = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
     if res.nodes > 1:
         replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
-    run_policy: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None"}
-    if sched.queue or sched.priority_class:  # gang schedulers (Volcano, scheduler-plugins) read this
-        run_policy["schedulingPolicy"] = {"minAvailable": res.nodes,
-                                          **({"queue": sched.queue} if sched.queue else {}),
+    run_policy: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None",
+                                  "suspend": spec.suspend or queued(sched, spec.suspend)}
+    if sched.volcano_queue:  # gang scheduling with Volcano, only when asked for (Kueue reads only its label)
+        run_policy["schedulingPolicy"] = {"minAvailable": res.nodes, "queue": sched.volcano_queue,
                                           **({"priorityClass": sched.priority_class} if sched.priority_class else {})}
     return {
         "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-        "metadata": child_metadata(training, training_pod.names(training)["PyTorchJob"], "training", sched),
+        "metadata": child_metadata(training, training_pod.names(training)["PyTorchJob"], "training", sched,
+                                   spec.suspend),
         "spec": {
             "nprocPerNode": str(training_pod.processes_per_node(spec)),
             "runPolicy": run_policy,

@@ -11,7 +11,8 @@ from typing import Any
 
 from polyvivid.api import CurationJob
 
-from .common import DEFAULT_IMAGE, SPEC_DIR, child_metadata, child_name, labels, spec_configmap, spec_volume, workload_env
+from .common import (DEFAULT_IMAGE, SPEC_DIR, child_metadata, child_name, labels, queued, spec_configmap, spec_volume,
+                     workload_env)
 from .raycluster import ray_cluster_spec
 
 SPEC_FILE = "curation.yaml"
@@ -36,8 +37,11 @@ def render_rayjob(job: dict, image: str = DEFAULT_IMAGE, s3_endpoint: str | None
                                volumes=[volume], mounts=[mount], head_runs_work=spec.workers == 0)
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
-        "metadata": child_metadata(job, names(job)["rayjob"], "curation", spec.scheduling),
+        "metadata": child_metadata(job, names(job)["rayjob"], "curation", spec.scheduling, spec.suspend),
         "spec": {
+            # created suspended for Kueue to start; spec.suspend deletes the RayCluster (curation resumes by
+            # skipping the clips it already wrote)
+            "suspend": spec.suspend or queued(spec.scheduling, spec.suspend),
             "entrypoint": f"polyvivid curate {SPEC_DIR}/{SPEC_FILE}",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,

@@ -64,14 +64,17 @@ def render_rayservice(service: dict, image: str = DEFAULT_IMAGE, model_uri: str 
     config = serve_config_v2(spec, model_uri)
     if model_version:
         config["applications"][0]["args"]["model_version"] = model_version
+    cluster = ray_cluster_spec(image=spec.scheduling.image or image, env=env, worker=spec.worker,
+                               scheduling=spec.scheduling, min_workers=low, max_workers=high,
+                               pod_labels=labels(service, "serving"))
+    if spec.suspend:  # KubeRay deletes the cluster's pods; the job records stay in the store
+        cluster["suspend"] = True
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService",
-        "metadata": child_metadata(service, names(service)["rayservice"], "serving", spec.scheduling),
+        "metadata": child_metadata(service, names(service)["rayservice"], "serving", spec.scheduling, spec.suspend),
         "spec": {
             "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
             "upgradeStrategy": {"type": "NewCluster"},
-            "rayClusterConfig": ray_cluster_spec(image=spec.scheduling.image or image, env=env, worker=spec.worker,
-                                                 scheduling=spec.scheduling, min_workers=low, max_workers=high,
-                                                 pod_labels=labels(service, "serving")),
+            "rayClusterConfig": cluster,
         },
     }

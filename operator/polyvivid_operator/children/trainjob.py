@@ -17,7 +17,7 @@ from typing import Any
 from polyvivid.api import PolyVividTraining
 
 from . import training_pod
-from .common import DEFAULT_IMAGE, child_metadata, labels, security_context
+from .common import DEFAULT_IMAGE, child_metadata, labels, queued, security_context
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 DEFAULT_RUNTIME = "polyvivid-torch"  # the chart's ClusterTrainingRuntime
@@ -48,8 +48,11 @@ def render_trainjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str
         {"name": RUNTIME_JOB, "template": {"spec": {"template": pod}}}]}}}}
     return {
         "apiVersion": API_VERSION, "kind": "TrainJob",
-        "metadata": child_metadata(training, training_pod.names(training)["TrainJob"], "training", spec.scheduling),
+        "metadata": child_metadata(training, training_pod.names(training)["TrainJob"], "training", spec.scheduling,
+                                   spec.suspend),
         "spec": {
+            # created suspended for Kueue to start; spec.suspend stops the pods (SIGTERM: a checkpoint, exit 143)
+            "suspend": spec.suspend or queued(spec.scheduling, spec.suspend),
             "runtimeRef": {"name": runtime, "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"},
             "trainer": trainer,
             "runtimePatches": [patch],

@@ -23,7 +23,7 @@ from polyvivid.api.status import Condition, ResourceStatus
 from pydantic import ValidationError
 
 from .. import metrics
-from ..children.common import MANAGED_BY
+from ..children.common import KUEUE_QUEUE_LABEL, MANAGED_BY, SUSPEND_PATHS, kueue_owned_paths
 from ..conditions import set_condition
 from ..config import SYNC_INTERVAL_S, OperatorConfig
 from ..kinds import KINDS, KindDescriptor, Output, dependents, phase_of
@@ -124,10 +124,28 @@ def workload_output(part: type[Part], values: dict[str, Any], source: str) -> tu
         return part(), f"{source} not usable: {format_validation_error(e)}"
 
 
+def held(spec, child: dict | None, phase: str, reason: str, message: str, stopped: str) -> tuple[str, str, str]:
+    """(phase, reason, message) with spec.suspend and Kueue's queue taken into account: a suspended resource is
+    Suspended (unless it already ended); a queued child that Kueue has not started says so.
+    stopped: what suspending does to this kind's workload, for the message."""
+    if phase in ("Succeeded", "Failed"):
+        return phase, reason, message
+    if spec.suspend:
+        return "Suspended", "Suspended", f"suspended (spec.suspend): {stopped}; set spec.suspend: false to resume"
+    path = SUSPEND_PATHS.get((child or {}).get("kind"), ())
+    node: Any = child
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    if spec.scheduling.queue and node is True:
+        return phase, "QueuedInKueue", (f"queued in Kueue (LocalQueue {spec.scheduling.queue}): waiting for "
+                                        "admission, which starts it")
+    return phase, reason, message
+
+
 async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
     for child in children:
-        outcome = await ctx.kube.apply(child)
+        outcome = await ctx.kube.apply(child, keep=kueue_owned_paths(child), own_labels=(KUEUE_QUEUE_LABEL,))
         if outcome != "unchanged":
             ctx.logger.info(f"{child['kind']} {child['metadata']['name']} {outcome}")
     return {child["kind"]: child["metadata"]["name"] for child in children}

@@ -9,7 +9,7 @@ from polyvivid.api.status import CurationStatus, CurationSummary
 from ..artifacts import read_json
 from ..children.common import effective_storage
 from ..kinds import CURATION
-from .common import Context, Result, apply_children, declare_handlers, resolve, spec_for, workload_output
+from .common import Context, Result, apply_children, declare_handlers, held, resolve, spec_for, workload_output
 
 
 def rayjob_phase(job: dict | None) -> tuple[str, str]:
@@ -35,6 +35,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     message = {"Pending": "RayJob created, cluster starting", "Running": "curating",
                "Succeeded": f"dataset written to {spec.output}",
                "Failed": ((job or {}).get("status") or {}).get("message") or "the RayJob failed"}[phase]
+    phase, reason, message = held(spec, job, phase, reason, message, "the RayJob's cluster is deleted; resumed, the "
+                                  "curation skips the clips already written")
     summary = CurationSummary()
     if phase == "Succeeded":
         document, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),

@@ -10,7 +10,7 @@ from polyvivid.api.status import ServiceStatus
 from ..children.rayservice import endpoint
 from ..conditions import condition
 from ..kinds import SERVICE, TRAINED_WEIGHTS
-from .common import Context, Result, apply_children, declare_handlers, require_secret, resolve, spec_for
+from .common import Context, Result, apply_children, declare_handlers, held, require_secret, resolve, spec_for
 
 
 def rayservice_phase(rs: dict | None) -> tuple[str, str, int]:
@@ -43,6 +43,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
                                                 if spec.allow_unauthenticated else "")
     message = {"Ready": serving, "Deploying": "RayService deploying",
                "Failed": "the Serve application failed (see the RayService status)"}[phase]
+    phase, reason, message = held(spec, rs, phase, reason, message, "the RayService's cluster is deleted; the job "
+                                  "records stay in the store")
     return Result(status, phase == "Ready", reason, message)
 
 

@@ -14,7 +14,7 @@ from .. import metrics
 from ..artifacts import read_json
 from ..children.common import effective_storage
 from ..kinds import CURATED_DATASET, TRAINING, final_weights_uri
-from .common import Context, Result, apply_children, declare_handlers, resolve, spec_for, workload_output
+from .common import Context, Result, apply_children, declare_handlers, held, resolve, spec_for, workload_output
 
 # status field <- progress.json key (polyvivid/train/progress.py)
 PROGRESS_FIELDS = (("stage", "stage"), ("step", "step"), ("loss", "loss"), ("latest_checkpoint", "last_checkpoint"),
@@ -60,6 +60,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     phase, reason, since = (trainjob_phase if kind == "TrainJob" else pytorchjob_phase)(job)
     message = {"Pending": f"{kind} created, pods not running yet", "Running": "training",
                "Succeeded": "training finished", "Failed": f"the {kind} failed (see its pods' logs)"}[phase]
+    phase, reason, message = held(spec, job, phase, reason, message, f"the {kind}'s pods checkpoint and stop, and "
+                                  "resume from the checkpoint")
     progress, final_weights = TrainingProgress(), None
     if phase != "Pending":
         document, why = await read_json(ctx.kube, ns, effective_storage(spec.storage, ctx.config.s3_endpoint),
