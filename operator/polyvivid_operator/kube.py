@@ -92,6 +92,15 @@ class Kube:
     async def create(self, obj: dict) -> dict:
         return await self._call("POST", self.path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"]), obj)
 
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Delete in the background (its dependents by the garbage collector); gone already is fine."""
+        try:
+            await self._call("DELETE", self.path(api_version, kind, namespace, name),
+                             {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
     async def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict,
                           sub: str | None = None) -> dict:
         return await self._call("PATCH", self.path(api_version, kind, namespace, name, sub), patch,
@@ -103,12 +112,19 @@ class Kube:
             return None
         return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
-    async def apply(self, desired: dict, keep: list[tuple[str, ...]] = (), own_labels: tuple[str, ...] = ()) -> str:
-        """Create the child, or patch it where it differs from `desired`: "created", "updated" or "unchanged".
+    async def apply(self, desired: dict, keep: list[tuple[str, ...]] = (), own_labels: tuple[str, ...] = (),
+                    immutable: list[tuple[str, ...]] = ()) -> str:
+        """Create the child, or patch it where it differs from `desired`: "created", "updated", "unchanged", or
+        "replacing" when it differs at an immutable path: it is deleted, and a later apply creates it anew.
         keep: paths another controller owns once the child exists (Kueue's suspend): the current value stays.
         own_labels: labels only `desired` decides: one the child has and `desired` lacks is removed."""
         meta = desired["metadata"]
         current = await self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        if current is not None and current["metadata"].get("deletionTimestamp"):
+            return "replacing"  # still going: created again once it is gone
+        if current is not None and any(not contains(_at(current, p), _at(desired, p)) for p in immutable):
+            await self.delete(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+            return "replacing"
         if current is not None and keep:
             desired = _with_current(desired, current, keep)
         if current is None:
@@ -133,6 +149,12 @@ class Kube:
             patch["metadata"] = meta_patch
         await self.merge_patch(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"], patch)
         return "updated"
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
 
 
 def _with_current(desired: dict, current: dict, paths: list[tuple[str, ...]]) -> dict:

@@ -118,6 +118,12 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
 @attrs.define(kw_only=True)
 class ApiServer(KubernetesEmulator):
     _store: dict[Key, dict] = attrs.field(factory=dict, init=False)
@@ -125,6 +131,8 @@ class ApiServer(KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
     _watchers: list[tuple[tuple[str, str], asyncio.Queue]] = attrs.field(factory=list, init=False)
     _kinds: dict[tuple[str, str], tuple[str, str, bool, bool]] = attrs.field(factory=dict, init=False)
+    # (group, plural) -> paths a write may not change once the object exists (a CRD's `self == oldSelf` rules)
+    _immutable: dict[tuple[str, str], list[tuple[str, ...]]] = attrs.field(factory=dict, init=False)
     requests_by_verb: dict[str, int] = attrs.field(factory=dict, init=False)
     # every resource request as RBAC sees it: (user agent, verb, group, resource[/subresource], namespace)
     audit: list[tuple[str, str, str, str, str | None]] = attrs.field(factory=list, init=False)
@@ -139,6 +147,11 @@ class ApiServer(KubernetesEmulator):
             verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, shortnames=set(short_names),
             categories=set(categories))
         self._kinds[(group, plural)] = (kind, api_version, namespaced, status)
+
+    def declare_immutable(self, api_version: str, plural: str, paths: list[tuple[str, ...]]) -> None:
+        """What the API server's CEL transition rules (`self == oldSelf`) refuse to change, as it does: 422."""
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        self._immutable[(group, plural)] = list(paths)
 
     def declare_core(self) -> None:
         for plural, kind in CORE.items():
@@ -297,6 +310,12 @@ class ApiServer(KubernetesEmulator):
         if current["metadata"].get("deletionTimestamp"):
             meta["deletionTimestamp"] = current["metadata"]["deletionTimestamp"]
         new["apiVersion"], new["kind"] = current["apiVersion"], current["kind"]
+        if subresource != "status":
+            for path in self._immutable.get(key[:2], ()):
+                if _at(new, path) != _at(current, path):
+                    raise ApiError(status=422, reason="Invalid",
+                                   message=f"{current['kind']}.{'.'.join(path[:1])} \"{current['metadata']['name']}\" is "
+                                           f"invalid: {'.'.join(path)}: Invalid value: field is immutable")
         secret_string_data(new)
         if new == current:
             return current  # a no-op write: no new resourceVersion, no event
@@ -418,13 +437,18 @@ class ApiServer(KubernetesEmulator):
 class RunningApiServer:
     """The API server on 127.0.0.1 in a thread of its own, with a kubeconfig at `kubeconfig`."""
 
-    def __init__(self, workdir: Path, crds: list[dict] = (), extra: list[tuple[str, str, str]] = ()):
+    def __init__(self, workdir: Path, crds: list[dict] = (), extra: list[tuple[str, str, str]] = (),
+                 immutable: dict[tuple[str, str], list[tuple[str, ...]]] | None = None):
+        """extra: (apiVersion, plural, kind) of other kinds to serve; immutable: (apiVersion, plural) -> the
+        paths of those a write may not change."""
         self.api = ApiServer()
         self.api.declare_core()
         for crd in crds:
             self.api.declare_crd(crd)
         for api_version, plural, kind in extra:
             self.api.declare(api_version, plural, kind)
+        for (api_version, plural), paths in (immutable or {}).items():
+            self.api.declare_immutable(api_version, plural, paths)
         self.kubeconfig = Path(workdir) / "kubeconfig"
         self.url = ""
         self._ready = threading.Event()

@@ -6,6 +6,7 @@ writing the children's status."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from polyvivid.api.crds import RESOURCES
 from ..conftest import free_port
 from ..kube.apiserver import RunningApiServer
 from ..kube.client import Kube
-from ..openapi import as_jsonschema, crd_schema
+from ..openapi import UPSTREAM_FILES, as_jsonschema, crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_KINDS = [("trainer.kubeflow.org/v1alpha1", "trainjobs", "TrainJob"), ("kubeflow.org/v1", "pytorchjobs", "PyTorchJob"),
@@ -54,9 +55,22 @@ def status_problems(server: RunningApiServer) -> list[str]:
     return problems
 
 
+def immutable_fields() -> dict[tuple[str, str], list[tuple[str, ...]]]:
+    """The TrainJob's spec fields that its upstream CRD makes immutable (`self == oldSelf`), for the emulator
+    to refuse changing them as a real API server does; none where the upstream CRDs are absent."""
+    folder = Path(os.environ.get("POLYVIVID_UPSTREAM_CRDS", ROOT.parent / "shared" / "crds" / "upstream"))
+    path = folder / UPSTREAM_FILES["TrainJob"]
+    if not path.exists():
+        return {}
+    spec = crd_schema(yaml.safe_load(path.read_text()), "v1alpha1")["properties"]["spec"]
+    paths = [("spec", field) for field, schema in spec["properties"].items()
+             if any(rule["rule"] == "self == oldSelf" for rule in schema.get("x-kubernetes-validations", []))]
+    return {("trainer.kubeflow.org/v1alpha1", "trainjobs"): paths}
+
+
 @pytest.fixture
 def apiserver(tmp_path, monkeypatch):
-    with RunningApiServer(tmp_path, our_crds(), CHILD_KINDS) as server:
+    with RunningApiServer(tmp_path, our_crds(), CHILD_KINDS, immutable_fields()) as server:
         monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig))
         yield server
         assert status_problems(server) == []

@@ -74,10 +74,15 @@ def test_training_lifecycle_create_status_update_delete(kube, s3_bucket, operato
     assert running["status"]["stage"] == "identity" and running["status"]["latestCheckpoint"] == "step-00000002"
     assert running["status"]["precomputedInputs"] == f"{out}/precomputed/0123"
 
-    # a spec change reaches the children (generation 2 observed)
+    # a spec change reaches the children (generation 2 observed). A TrainJob's trainer is immutable (the
+    # emulator refuses the change, as the upstream CRD's CEL does): the TrainJob is replaced, its pods
+    # checkpoint on SIGTERM and the new one resumes
+    first_uid = kube.get("TrainJob", "demo-train")["metadata"]["uid"]
     kube.patch("PolyVividTraining", "demo", {"spec": {"resources": {"nodes": 2, "gpusPerNode": 2}, "globalBatchSize": 4}})
-    job = wait_for(lambda: (j := kube.get("TrainJob", "demo-train"))["spec"]["trainer"]["numProcPerNode"] == 2 and j)
-    assert job["spec"]["trainer"]["numNodes"] == 2
+    job = wait_for(lambda: (j := kube.get("TrainJob", "demo-train")) and j["spec"]["trainer"]["numProcPerNode"] == 2 and j,
+                   what="the TrainJob replaced")
+    assert job["spec"]["trainer"]["numNodes"] == 2 and job["metadata"]["uid"] != first_uid
+    kube.set_status("TrainJob", "demo-train", job_status("Running", "2026-11-24T00:01:30Z"))
     wait_for(lambda: ready(kube.get("PolyVividTraining", "demo")).get("observedGeneration") == 2)
 
     # the evaluation stage (spec.evaluation) runs after the last step: the message says so

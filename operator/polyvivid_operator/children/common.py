@@ -59,6 +59,13 @@ SUSPEND_PATHS = {"TrainJob": ("spec", "suspend"), "PyTorchJob": ("spec", "runPol
                  "RayJob": ("spec", "suspend")}
 
 
+# What a child's controller refuses to change once the child exists: Trainer v2.3's TrainJob (CEL `self ==
+# oldSelf` on these; its webhook takes runtimePatches changes only while suspended). A spec change there
+# replaces the child: its pods checkpoint on SIGTERM, and the new one resumes.
+IMMUTABLE_PATHS = {"TrainJob": [("spec", "trainer"), ("spec", "runtimeRef"), ("spec", "activeDeadlineSeconds"),
+                                ("spec", "runtimePatches")]}
+
+
 def queued(scheduling: SchedulingSpec | None, suspended: bool) -> bool:
     """Whether a child goes to Kueue: a queue is named, and spec.suspend does not hold it out of the queue (a
     suspended child in Kueue's queue would be admitted and started again)."""

@@ -60,6 +60,9 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     phase, reason, since = (trainjob_phase if kind == "TrainJob" else pytorchjob_phase)(job)
     message = {"Pending": f"{kind} created, pods not running yet", "Running": "training",
                "Succeeded": "training finished", "Failed": f"the {kind} failed (see its pods' logs)"}[phase]
+    if job is None or job["metadata"].get("deletionTimestamp"):  # kube.apply replaces it (an immutable field changed)
+        reason, message = "Replacing", (f"replacing the {kind} for the spec change: its pods checkpoint and stop, and "
+                                        "the new one resumes from the checkpoint")
     phase, reason, message = held(spec, job, phase, reason, message, f"the {kind}'s pods checkpoint and stop, and "
                                   "resume from the checkpoint")
     progress, final_weights = TrainingProgress(), None
