@@ -114,6 +114,18 @@ class Suspendable(ApiModel):
                           "its checkpoint). While suspended the child is out of Kueue's queue")
 
 
+class Finite(ApiModel):
+    """Deadline and cleanup of a kind that runs to an end (training, curation)."""
+
+    active_deadline_seconds: int | None = Field(None, ge=1, description="stop the run after this many seconds "
+                                                "running (the job's activeDeadlineSeconds): it fails with reason "
+                                                "DeadlineExceeded")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="once it succeeded or failed, delete its "
+                                                   "children (the job and the spec ConfigMap) after this many "
+                                                   "seconds; the resource and its status stay, and it is not run "
+                                                   "again")
+
+
 class SchedulingSpec(ApiModel):
     """Where and how the pods run; passed through to every pod the operator creates for the resource."""
 

@@ -34,20 +34,27 @@ class Resource:
     columns: tuple[dict, ...]
 
 
+PHASE = {"name": "Phase", "type": "string", "jsonPath": ".status.phase"}
+REASON = {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+          "description": "why the resource is in its phase (its Ready condition's reason)"}
+
 RESOURCES: dict[str, Resource] = {
     "PolyVividTraining": Resource(PolyVividTraining, TrainingStatus, "polyvividtrainings", "pvt", (
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        PHASE, REASON,
         {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+        {"name": "Progress", "type": "integer", "jsonPath": ".status.progressPercentage",
+         "description": "percent of the steps done"},
+        {"name": "ETA(s)", "type": "integer", "jsonPath": ".status.estimatedRemainingSeconds", "priority": 1},
         {"name": "Loss", "type": "number", "jsonPath": ".status.loss", "priority": 1},
     )),
     "CurationJob": Resource(CurationJob, CurationStatus, "curationjobs", "cj", (
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        PHASE, REASON,
         {"name": "Clips", "type": "integer", "jsonPath": ".status.clipsWritten"},
         {"name": "Videos", "type": "integer", "jsonPath": ".status.videos", "priority": 1},
     )),
     "PolyVividService": Resource(PolyVividService, ServiceStatus, "polyvividservices", "pvs", (
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        PHASE, REASON,
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     )),

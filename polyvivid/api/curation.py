@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec, Suspendable, WorkerShape
+from .common import API_VERSION, ApiModel, ObjectMeta, SchedulingSpec, StorageSpec, Finite, Suspendable, WorkerShape
 
 
 class ModelRef(ApiModel):
@@ -101,7 +101,7 @@ FILTER_MODELS = (("subtitle_detector", "subtitleDetector"), ("watermark_detector
                  ("quality_scorer", "qualityScorer"))
 
 
-class CurationSpec(Suspendable):
+class CurationSpec(Finite, Suspendable):
     input: str = Field(min_length=1, description="URI prefix of the raw videos (*.mp4, *.mov, *.mkv, *.webm)")
     output: str = Field(min_length=1, description="URI where the dataset (manifest.jsonl, summary.json) goes")
     split: SplitSpec = Field(default_factory=SplitSpec)

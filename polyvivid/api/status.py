@@ -17,7 +17,9 @@ from pydantic import Field
 from .common import ApiModel
 from .curation import CURATION_STAGE_NAMES
 
-ConditionType = Literal["Ready"]
+# Ready (whether the resource did what it is for), and one a phase, True while the resource is in it
+ConditionType = Literal["Ready", "Waiting", "Pending", "Running", "Deploying", "Suspended", "Succeeded", "Failed",
+                        "Invalid"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 TrainingPhase = Literal["Waiting", "Pending", "Running", "Suspended", "Succeeded", "Failed", "Invalid"]
 CurationPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "Invalid"]
@@ -42,7 +44,17 @@ class ResourceStatus(ApiModel):
     phase: str
     observed_generation: int | None = Field(None, ge=0, description="the metadata.generation this status describes")
     conditions: list[Condition] = Field(default_factory=list, description="Ready: whether the resource has "
-                                        "done what its spec asks (trained, curated, serving)")
+                                        "done what its spec asks (trained, curated, serving); and one a phase, "
+                                        "True while it is in that phase")
+
+
+class FiniteStatus(ApiModel):
+    """What the status of a kind that runs to an end adds."""
+
+    finished_at: str | None = Field(None, description="when it first succeeded or failed (RFC 3339)",
+                                    json_schema_extra={"format": "date-time"})
+    children_deleted: bool | None = Field(None, description="its children were deleted (ttlSecondsAfterFinished, "
+                                          "or by someone): a finished run is not started again")
 
 
 class TrainingProgress(ApiModel):
@@ -52,6 +64,10 @@ class TrainingProgress(ApiModel):
     step: int | None = Field(None, ge=0, description="optimizer steps done")
     loss: float | None = Field(None, allow_inf_nan=False, description="loss at that step")
     latest_checkpoint: str | None = Field(None, description="the newest complete checkpoint")
+    progress_percentage: int | None = Field(None, ge=0, le=100, description="steps done of all steps, in percent "
+                                            "(as Kubeflow Trainer v2's trainerStatus)")
+    estimated_remaining_seconds: int | None = Field(None, ge=0, description="the steps left at the last step's "
+                                                    "pace (as trainerStatus)")
     progress_updated_at: str | None = Field(None, description="when progress.json was written")
     evaluation: dict[str, Any] | None = Field(None, description="spec.evaluation's means and report, as the "
                                               "workload wrote them")
@@ -64,7 +80,7 @@ class FinalWeights(ApiModel):
     version: str = Field(description="changes whenever the weights do: a service rolls out again")
 
 
-class TrainingStatus(TrainingProgress, ResourceStatus):
+class TrainingStatus(TrainingProgress, FiniteStatus, ResourceStatus):
     """The status of a PolyVividTraining: its training job's phase and the workload's progress."""
 
     phase: TrainingPhase
@@ -95,7 +111,7 @@ class CurationSummary(ApiModel):
         None, description="rows into and out of each stage (videos into split, clips from then on)")
 
 
-class CurationStatus(CurationSummary, ResourceStatus):
+class CurationStatus(CurationSummary, FiniteStatus, ResourceStatus):
     """The status of a CurationJob: its RayJob's phase and the dataset's counts."""
 
     phase: CurationPhase

@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 from ..model.options import (DEFAULT_INJECTION, SMOKE_PRESET, SPEC_TRANSFORMER_OPTIONS, TRAINABLE_GROUPS,
                              InjectionName, PresetName, TrainableGroup)
 from .common import (API_VERSION, QUANTITY_PATTERN, ApiModel, EnvVar, ObjectMeta, SchedulingSpec, StorageSpec,
-                     Suspendable, quantity_bytes)
+                     Finite, Suspendable, quantity_bytes)
 
 
 class Resolution(ApiModel):
@@ -275,7 +275,7 @@ class EvaluationSpec(ApiModel):
         return self
 
 
-class TrainingSpec(Suspendable):
+class TrainingSpec(Finite, Suspendable):
     model: ModelSource
     dataset: DatasetSource
     output: str = Field(min_length=1, description="URI where checkpoints, progress.json and final/ go")

@@ -71,7 +71,12 @@ def test_status_schemas_are_typed(kind):
     assert "enum" in status["properties"]["phase"]
     assert {path for path, node in _nodes(status) if node.get("x-kubernetes-preserve-unknown-fields")} == FREE_FORM[kind]
     for column in version["additionalPrinterColumns"]:
-        if column["jsonPath"].startswith(".status."):
+        if column["jsonPath"].startswith(".status.conditions["):  # a condition's field, by its type
+            condition = status["properties"]["conditions"]["items"]
+            field = column["jsonPath"].rsplit(".", 1)[1]
+            assert condition["properties"][field]["type"] == column["type"], column
+            assert '@.type=="Ready"' in column["jsonPath"] and "Ready" in condition["properties"]["type"]["enum"]
+        elif column["jsonPath"].startswith(".status."):
             assert status["properties"][column["jsonPath"].split(".")[2]]["type"] == column["type"], column
 
 

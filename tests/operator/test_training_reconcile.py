@@ -66,6 +66,7 @@ def test_training_lifecycle_create_status_update_delete(kube, s3_bucket, operato
     wait_for(lambda: ready(kube.get("PolyVividTraining", "demo"))["message"] ==
              "precomputing the inputs before the first step (16 of 40 samples)", what="the precomputing message")
     store.write_text("progress.json", json.dumps({"status": "running", "step": 3, "total_steps": 8, "loss": 0.25,
+                                                   "step_seconds": 2.5,
                                                    "stage": "identity", "last_checkpoint": "step-00000002",
                                                    "precomputed": {"uri": f"{out}/precomputed/0123", "samples": 40}}))
     running = wait_for(lambda: (t := kube.get("PolyVividTraining", "demo"))["status"].get("step") == 3 and t,
@@ -73,6 +74,15 @@ def test_training_lifecycle_create_status_update_delete(kube, s3_bucket, operato
     assert running["status"]["phase"] == "Running" and running["status"]["loss"] == 0.25
     assert running["status"]["stage"] == "identity" and running["status"]["latestCheckpoint"] == "step-00000002"
     assert running["status"]["precomputedInputs"] == f"{out}/precomputed/0123"
+    # progress as Trainer v2's trainerStatus: percent and the time left at the last step's pace
+    total = running["status"]["totalSteps"]
+    assert running["status"]["progressPercentage"] == int(100 * 3 / total)
+    assert running["status"]["estimatedRemainingSeconds"] == round((total - 3) * 2.5)
+    # a condition for each phase, True for the current one (and Ready)
+    conditions = {c["type"]: c for c in running["status"]["conditions"]}
+    assert set(conditions) == {"Ready", "Waiting", "Pending", "Running", "Suspended", "Succeeded", "Failed", "Invalid"}
+    assert [t for t, c in conditions.items() if c["status"] == "True"] == ["Running"]
+    assert conditions["Pending"]["reason"] == "PhaseRunning"
 
     # a spec change reaches the children (generation 2 observed). A TrainJob's trainer is immutable (the
     # emulator refuses the change, as the upstream CRD's CEL does): the TrainJob is replaced, its pods

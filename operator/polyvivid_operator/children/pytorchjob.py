@@ -41,6 +41,8 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
         replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
     run_policy: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None",
                                   "suspend": spec.suspend or queued(sched, spec.suspend)}
+    if spec.active_deadline_seconds:
+        run_policy["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if sched.volcano_queue:  # gang scheduling with Volcano, only when asked for (Kueue reads only its label)
         run_policy["schedulingPolicy"] = {"minAvailable": res.nodes, "queue": sched.volcano_queue,
                                           **({"priorityClass": sched.priority_class} if sched.priority_class else {})}

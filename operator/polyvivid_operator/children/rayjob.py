@@ -47,5 +47,6 @@ def render_rayjob(job: dict, image: str = DEFAULT_IMAGE, s3_endpoint: str | None
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
             "submissionMode": "K8sJobMode",
             "rayClusterSpec": cluster,
+            **({"activeDeadlineSeconds": spec.active_deadline_seconds} if spec.active_deadline_seconds else {}),
         },
     }

@@ -56,5 +56,6 @@ def render_trainjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: str
             "runtimeRef": {"name": runtime, "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"},
             "trainer": trainer,
             "runtimePatches": [patch],
+            **({"activeDeadlineSeconds": spec.active_deadline_seconds} if spec.active_deadline_seconds else {}),
         },
     }

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import typing
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, TypeVar
 
 import kopf
@@ -24,7 +26,7 @@ from pydantic import ValidationError
 
 from .. import metrics
 from ..children.common import IMMUTABLE_PATHS, KUEUE_QUEUE_LABEL, MANAGED_BY, SUSPEND_PATHS, kueue_owned_paths
-from ..conditions import set_condition
+from ..conditions import now, set_condition
 from ..config import SYNC_INTERVAL_S, OperatorConfig
 from ..kinds import KINDS, KindDescriptor, Output, dependents, phase_of
 from ..kube import PLURALS, ApiError, Kube, contains
@@ -142,6 +144,41 @@ def held(spec, child: dict | None, phase: str, reason: str, message: str, stoppe
     return phase, reason, message
 
 
+FINISHED = ("Succeeded", "Failed")
+
+
+def finished_at(body: dict, phase: str) -> str | None:
+    """When the resource first ended (kept from its status), now if it just did, None while it runs."""
+    if phase not in FINISHED:
+        return None
+    old = body.get("status") or {}
+    return old.get("finishedAt") if old.get("phase") in FINISHED and old.get("finishedAt") else now()
+
+
+async def finished_without_children(ctx: Context, body: dict, spec, kind, children: list[dict]) -> Result | None:
+    """For a resource that ended (its status says so, for this generation): its status kept as it is when
+    its children are gone (a finished run is not started again), after deleting them once
+    spec.ttlSecondsAfterFinished has passed. None: reconcile as usual."""
+    old = body.get("status") or {}
+    if old.get("phase") not in FINISHED or old.get("observedGeneration") != body["metadata"].get("generation"):
+        return None
+    job, ns = children[-1], body["metadata"]["namespace"]
+    ttl, ended = spec.ttl_seconds_after_finished, old.get("finishedAt")
+    expired = ttl is not None and ended is not None and \
+        (datetime.now(timezone.utc) - datetime.fromisoformat(ended.replace("Z", "+00:00"))).total_seconds() >= ttl
+    present = await ctx.kube.get(job["apiVersion"], job["kind"], ns, job["metadata"]["name"])
+    if present is not None and not expired:
+        return None
+    for child in reversed(children):
+        await ctx.kube.delete(child["apiVersion"], child["kind"], ns, child["metadata"]["name"])
+    why = f"after ttlSecondsAfterFinished ({ttl} s)" if expired else "by someone"
+    ready = next((c for c in old.get("conditions", []) if c.get("type") == READY), {})
+    status = kind.status.model_validate({k: v for k, v in old.items() if k not in ("conditions", "observedGeneration")})
+    return Result(status.model_copy(update={"children_deleted": True}), ready.get("status") == "True",
+                  "ChildrenDeleted", f"{old['phase']} at {ended}; its {job['kind']} and ConfigMap were deleted {why}, "
+                  "and a finished run is not started again (change the spec to run it again)")
+
+
 async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
     for child in children:
@@ -193,19 +230,30 @@ async def reconcile_resource(kind: KindDescriptor, namespace: str, name: str, me
         return body, status
 
 
+def phases_of(status_model: type[ResourceStatus]) -> tuple[str, ...]:
+    """The phases a kind's status model allows (its `phase` Literal), in order."""
+    return typing.get_args(status_model.model_fields["phase"].annotation)
+
+
 async def write_status(ctx: Context, body: dict, result: Result) -> dict:
     """The result as the resource's status, written unless the resource already has it; returns it."""
     old = body.get("status") or {}
     generation = body["metadata"].get("generation")
     conditions = set_condition([Condition.model_validate(c) for c in old.get("conditions", [])], READY,
                                result.ready, result.reason, result.message, generation)
+    for phase in phases_of(type(result.status)):  # one condition a phase, True for the current one
+        if phase != READY:
+            now_in = phase == result.phase
+            conditions = set_condition(conditions, phase, now_in, result.reason if now_in else f"Phase{result.phase}",
+                                       result.message if now_in else "", generation)
     status = result.status.model_copy(update={"observed_generation": generation, "conditions": conditions})
     status = status.model_dump(by_alias=True, exclude_none=True)
-    if contains(old, status):
+    stale = {k: None for k in old if k not in status}  # fields the new status lacks go (a merge patch keeps them)
+    if contains(old, status) and not stale:
         return status
     meta = body["metadata"]
-    await ctx.kube.merge_patch(body["apiVersion"], body["kind"], meta["namespace"], meta["name"], {"status": status},
-                               sub="status")
+    await ctx.kube.merge_patch(body["apiVersion"], body["kind"], meta["namespace"], meta["name"],
+                               {"status": {**stale, **status}}, sub="status")
     if old.get("phase") != result.phase:
         kopf.event(body, type="Warning" if result.phase in WARNING_PHASES else "Normal", reason=result.reason,
                    message=f"{old.get('phase') or 'New'} -> {result.phase}: {result.message}")

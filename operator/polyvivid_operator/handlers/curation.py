@@ -9,7 +9,8 @@ from polyvivid.api.status import CurationStatus, CurationSummary
 from ..artifacts import read_json
 from ..children.common import effective_storage
 from ..kinds import CURATION
-from .common import Context, Result, apply_children, declare_handlers, held, resolve, spec_for, workload_output
+from .common import (Context, Result, apply_children, declare_handlers, finished_at, finished_without_children, held,
+                     resolve, spec_for, workload_output)
 
 
 def rayjob_phase(job: dict | None) -> tuple[str, str]:
@@ -29,7 +30,11 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     spec: CurationSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
     resolved = await resolve(ctx, body, CURATION)
-    names = await apply_children(ctx, CURATION.build_children(body, resolved, ctx.config))
+    children = CURATION.build_children(body, resolved, ctx.config)
+    done = await finished_without_children(ctx, body, spec, CURATION, children)
+    if done is not None:
+        return done
+    names = await apply_children(ctx, children)
     job = await ctx.kube.get(*CURATION.workload(body), ns, names["RayJob"])
     phase, reason = rayjob_phase(job)
     message = {"Pending": "RayJob created, cluster starting", "Running": "curating",
@@ -48,7 +53,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
         if why:
             message += f" ({why})"
     status = CurationStatus(phase=phase, ray_job=names["RayJob"], config_map=names["ConfigMap"], output=spec.output,
-                            **summary.model_dump(exclude_none=True))
+                            finished_at=finished_at(body, phase), **summary.model_dump(exclude_none=True))
     return Result(status, phase == "Succeeded", reason, message)
 
 

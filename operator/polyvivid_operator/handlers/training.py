@@ -14,11 +14,22 @@ from .. import metrics
 from ..artifacts import read_json
 from ..children.common import effective_storage
 from ..kinds import CURATED_DATASET, TRAINING, final_weights_uri
-from .common import Context, Result, apply_children, declare_handlers, held, resolve, spec_for, workload_output
+from .common import (Context, Result, apply_children, declare_handlers, finished_at, finished_without_children, held,
+                     resolve, spec_for, workload_output)
 
 # status field <- progress.json key (polyvivid/train/progress.py)
 PROGRESS_FIELDS = (("stage", "stage"), ("step", "step"), ("loss", "loss"), ("latest_checkpoint", "last_checkpoint"),
                    ("progress_updated_at", "updated_at"), ("evaluation", "evaluation"))
+
+
+def _pace(step, total: int, step_seconds) -> dict:
+    """progressPercentage and estimatedRemainingSeconds from progress.json's step and the last step's time."""
+    if not isinstance(step, int) or isinstance(step, bool) or not total or not 0 <= step <= total:
+        return {}
+    pace = {"progress_percentage": int(100 * step / total)}
+    if isinstance(step_seconds, (int, float)) and not isinstance(step_seconds, bool) and 0 <= step_seconds < 1e6:
+        pace["estimated_remaining_seconds"] = round((total - step) * step_seconds)
+    return pace
 
 
 def _true_conditions(job: dict | None) -> list[dict]:
@@ -54,7 +65,11 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     spec: TrainingSpec = await spec_for(body, ctx)
     ns = body["metadata"]["namespace"]
     resolved = await resolve(ctx, body, TRAINING)
-    names = await apply_children(ctx, TRAINING.build_children(body, resolved, ctx.config))
+    children = TRAINING.build_children(body, resolved, ctx.config)
+    done = await finished_without_children(ctx, body, spec, TRAINING, children)
+    if done is not None:
+        return done
+    names = await apply_children(ctx, children)
     api_version, kind = TRAINING.workload(body)
     job = await ctx.kube.get(api_version, kind, ns, names[kind])
     phase, reason, since = (trainjob_phase if kind == "TrainJob" else pytorchjob_phase)(job)
@@ -71,6 +86,7 @@ async def reconcile(body: dict, ctx: Context) -> Result:
                                         spec.output, "progress.json")
         document = document or {}
         fields = {field: document.get(key) for field, key in PROGRESS_FIELDS}
+        fields.update(_pace(document.get("step"), spec.total_steps, document.get("step_seconds")))
         precomputed = document.get("precomputed") if isinstance(document.get("precomputed"), dict) else {}
         progress, unusable = workload_output(TrainingProgress, {**fields, "precomputed_inputs": precomputed.get("uri")},
                                              "progress.json")
@@ -91,7 +107,8 @@ async def reconcile(body: dict, ctx: Context) -> Result:
     status = TrainingStatus(phase=phase, train_job=names.get("TrainJob"), pytorch_job=names.get("PyTorchJob"),
                             config_map=names["ConfigMap"],
                             dataset=dataset.uri if dataset else spec.dataset.uri, total_steps=spec.total_steps,
-                            final_weights=final_weights, **progress.model_dump(exclude_none=True))
+                            final_weights=final_weights, finished_at=finished_at(body, phase),
+                            **progress.model_dump(exclude_none=True))
     return Result(status, phase == "Succeeded", reason, message)
 
 
