@@ -6,19 +6,21 @@ once the referenced resource succeeded."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from .config import OperatorConfig
 from .kinds import KINDS, KindDescriptor, Output
-from .validation import InvalidSpec, checked_spec
+from .validation import InvalidSpec, checked_spec, warnings
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"  # the API server assigns the real one
 
 
 def render(docs: list[dict], image: str, max_gpus_per_node: int = 8, namespace: str = "default",
-           config: OperatorConfig | None = None) -> list[dict]:
+           config: OperatorConfig | None = None, on_warning: Callable[[str], None] | None = None) -> list[dict]:
     """Children of every PolyVivid resource in docs (other kinds are skipped); InvalidSpec names the
-    resource and the problem. The object store settings (POLYVIVID_S3_ENDPOINT,
-    POLYVIVID_ALLOWED_S3_ENDPOINTS) come from `config`, else from the environment, as the operator reads them."""
+    resource and the problem, on_warning gets what is valid but likely a mistake. The object store settings
+    (POLYVIVID_S3_ENDPOINT, POLYVIVID_ALLOWED_S3_ENDPOINTS) come from `config`, else from the environment, as
+    the operator reads them."""
     if config is None:
         try:
             config = OperatorConfig.from_env()
@@ -36,10 +38,13 @@ def render(docs: list[dict], image: str, max_gpus_per_node: int = 8, namespace: 
         owner = {**doc, "metadata": {**doc["metadata"], "namespace": doc["metadata"].get("namespace") or namespace,
                                      "uid": PLACEHOLDER_UID}}
         try:
-            checked_spec(owner, config)
+            spec = checked_spec(owner, config)
             children += KINDS[kind].build_children(owner, _resolve(KINDS[kind], owner, named), config)
         except InvalidSpec as e:
             raise InvalidSpec(f"{kind}/{name}: {e}") from None
+        for warning in warnings(kind, spec):
+            if on_warning is not None:
+                on_warning(f"{kind}/{name}: {warning}")
     return children
 
 

@@ -17,7 +17,7 @@ from polyvivid.api import CurationJob, PolyVividService, PolyVividTraining
 from polyvivid.api.common import format_validation_error
 from polyvivid.api.curation import CURATION_STAGES
 
-from .children.rayservice import worker_bounds
+from .children.rayservice import replicas_per_worker, worker_bounds
 from .children.trainjob import RUNTIME_METRICS_PORT
 from .config import OperatorConfig
 
@@ -171,3 +171,28 @@ def checked_spec(body: dict, config: OperatorConfig):
     check_endpoint(spec, config)
     check(spec, config)
     return spec
+
+
+# ------------------------------------------------------------------------------------------- warnings
+
+def warnings(kind: str, spec) -> list[str]:
+    """What is valid but likely a mistake (`polyvivid render` prints these): resources a pod reserves and
+    cannot use, and a fabric the pods cannot reach."""
+    found = []
+    if kind == "PolyVividService":
+        r, w = spec.replicas, spec.worker
+        per = replicas_per_worker(spec)
+        used = min(per, r.max) * r.gpus_per_replica
+        if w.gpus and used < w.gpus:
+            found.append(f"spec.worker: a worker pod reserves {w.gpus} GPUs, but at most {min(per, r.max)} replica(s) "
+                         f"x {r.gpus_per_replica:g} GPU run on it: {w.gpus - used:g} idle; size the pod to the "
+                         f"replicas (worker.gpus {used:g})")
+    if kind == "PolyVividTraining":
+        if spec.network in ("infiniband", "roce") and not any("rdma" in name or "hostdev" in name
+                                                             for name in spec.resources.extended):
+            found.append(f"spec.network: {spec.network} with no RDMA device in resources.extended (e.g. "
+                         "rdma/rdma_shared_device_a: 1): without one the pods see no HCA and NCCL falls back to TCP")
+        if spec.scheduling.queue and spec.backend == "pytorchjob":
+            found.append("spec.scheduling.queue: Kueue manages PyTorchJobs only with its kubeflow.org/pytorchjob "
+                         "integration enabled (integrations.frameworks in Kueue's config)")
+    return found

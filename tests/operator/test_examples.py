@@ -25,9 +25,10 @@ def test_every_child_of_the_examples_validates_against_the_upstream_crds():
     files = sorted(str(p) for p in EXAMPLES.glob("*.yaml"))
     result = polyvivid("render", *files, "--image", "reg.example/polyvivid:1")
     assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr  # no example reserves what it cannot use
     children = list(yaml.safe_load_all(result.stdout))
     kinds = sorted(c["kind"] for c in children)
-    assert kinds == ["ConfigMap"] * 4 + ["RayJob"] + ["RayService"] * 2 + ["TrainJob"] * 3
+    assert kinds == ["ConfigMap"] * 4 + ["RayJob"] + ["RayService"] * 3 + ["TrainJob"] * 3
     for child in children:
         if child["kind"] != "ConfigMap":
             assert upstream_errors(child) == [], (child["kind"], child["metadata"]["name"])
@@ -94,3 +95,35 @@ def test_kubectl_apply_of_the_examples_is_reconciled(apiserver, kube, operator):
                                                                      "polyvividtraining.polyvivid.io/polyvivid-720p"}
     again = kubectl(apiserver, "apply", "--validate=false", "-n", "ml", "-f", str(EXAMPLES / "training.yaml"))
     assert again.returncode == 0 and "unchanged" in again.stdout
+
+
+def test_the_service_examples_size_their_pods_to_their_replicas():
+    """One 1-GPU pod per 1-GPU replica; the 720p service runs each request on a whole 8-GPU pod (sequence
+    parallel 8), and its largest request fits 80 GiB GPUs (the planner)."""
+    from polyvivid.api import PolyVividService, load_resource
+    from polyvivid.memory_plan import service_refusal
+
+    one = load_resource(str(EXAMPLES / "service.yaml"), PolyVividService).spec
+    assert (one.worker.gpus, one.replicas.gpus_per_replica, one.replicas.degree) == (1, 1, 1)
+    big = load_resource(str(EXAMPLES / "service-720p.yaml"), PolyVividService).spec
+    assert (big.worker.gpus, big.replicas.degree, big.limits.max_height, big.limits.max_frames) == (8, 8, 720, 129)
+    assert service_refusal(one) is None and service_refusal(big) is None
+
+
+def test_render_warns_of_what_is_valid_but_likely_a_mistake(tmp_path):
+    service = yaml.safe_load((EXAMPLES / "service.yaml").read_text())
+    service["spec"]["worker"] = {"gpus": 8, "cpus": 64, "memory": "512Gi"}  # the old example: 4 GPUs idle
+    service["spec"]["model"] = {"uri": "s3://polyvivid/models/final"}
+    training = yaml.safe_load((EXAMPLES / "training.yaml").read_text())
+    training["spec"]["network"] = "infiniband"  # and no RDMA device
+    training["spec"]["dataset"] = {"uri": "s3://polyvivid/datasets/curated-v1"}
+    (tmp_path / "docs.yaml").write_text(yaml.safe_dump_all([service, training]))
+    result = polyvivid("render", str(tmp_path / "docs.yaml"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == ("polyvivid: warning: PolyVividService/polyvivid: spec.worker: a worker pod reserves 8 GPUs, "
+                        "but at most 4 replica(s) x 1 GPU run on it: 4 idle; size the pod to the replicas "
+                        "(worker.gpus 4)")
+    assert lines[1].startswith("polyvivid: warning: PolyVividTraining/polyvivid: spec.network: infiniband with no "
+                               "RDMA device in resources.extended")
+    assert len(lines) == 2 and yaml.safe_load_all(result.stdout)  # the children are still printed
