@@ -44,11 +44,19 @@ def lifecycle(kube, bucket: str) -> None:
     kube.create(training_manifest(out, dataset={"curationJob": "raw"}))
     kube.create(service_manifest(model={"training": "demo"}, apiTokenSecretRef={"name": "api-token"}))
     kube.create(training_manifest(f"{bucket}/x", name="too-big", resources={"nodes": 1, "gpusPerNode": 64}))
-    kube.create(training_manifest(f"{bucket}/v1", name="v1", backend="pytorchjob"))  # the other training child
+    kube.create(training_manifest(f"{bucket}/v1", name="v1", backend="pytorchjob",  # the other training child,
+                                  ttlSecondsAfterFinished=0))  # deleted once it ended
     wait_for(lambda: kube.get("RayJob", "raw-curate"), what="the RayJob")
     kube.set_status("RayJob", "raw-curate", {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
     wait_for(lambda: kube.get("TrainJob", "demo-train"), what="the TrainJob")
     wait_for(lambda: kube.get("PyTorchJob", "v1-train"), what="the PyTorchJob")
+    kube.set_status("PyTorchJob", "v1-train", {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "PyTorchJobFailed", "lastTransitionTime": "2026-11-24T00:00:00Z"}]})
+    wait_for(lambda: kube.get("PyTorchJob", "v1-train") is None, what="the finished PyTorchJob deleted (TTL 0)")
+    kube.patch("PolyVividTraining", "demo", {"spec": {"resources": {"nodes": 1, "gpusPerNode": 2},
+                                                      "globalBatchSize": 2}})  # an immutable TrainJob field
+    wait_for(lambda: (j := kube.get("TrainJob", "demo-train")) and j["spec"]["trainer"]["numProcPerNode"] == 2,
+             what="the TrainJob replaced")
     open_store(out).write_text("progress.json", json.dumps({"status": "succeeded", "step": 8, "final": f"{out}/final",
                                                             "updated_at": "2026-11-24T01:00:00+00:00"}))
     kube.set_status("TrainJob", "demo-train", job_status("Succeeded", "2026-11-24T01:00:01Z"))
@@ -75,7 +83,8 @@ def test_every_request_of_the_operator_is_allowed_by_the_chart(namespaces, kube,
     assert agents == {"kopf", "polyvivid-operator"}  # both clients were seen (and told apart from the test's)
     # the lifecycle exercised the rights that matter
     made = {(verb, resource) for verb, _, resource, _ in calls}
-    assert {("get", "secrets"), ("create", "trainjobs"), ("create", "pytorchjobs"), ("create", "rayjobs"), ("create", "rayservices"),
+    assert {("get", "secrets"), ("create", "trainjobs"), ("delete", "trainjobs"), ("delete", "pytorchjobs"),
+            ("delete", "configmaps"), ("create", "pytorchjobs"), ("create", "rayjobs"), ("create", "rayservices"),
             ("patch", "rayservices"), ("create", "configmaps"), ("create", "events"),
             ("watch", "polyvividtrainings"), ("patch", "polyvividservices/status")} <= made, sorted(made)
     denied = sorted(r for r in calls if not allowed(objs, *r))

@@ -177,6 +177,9 @@ def test_kueue_children_are_created_suspended_and_spec_suspend_holds_them_out_of
     svc = rayservice.render_rayservice(service(suspend=True))
     assert svc["spec"]["rayClusterConfig"]["suspend"] is True and upstream_errors(svc) == []
     assert "suspend" not in rayservice.render_rayservice(service())["spec"]["rayClusterConfig"]
+    queued_service = rayservice.render_rayservice(service(scheduling={"queue": "serving"}))  # Kueue's rayservice integration
+    assert queued_service["spec"]["rayClusterConfig"]["suspend"] is True
+    assert kueue_owned_paths(queued_service) == [("spec", "rayClusterConfig", "suspend")]
     for child in (queued, held, job):
         assert upstream_errors(child) == []
 
@@ -187,7 +190,8 @@ def test_a_queued_service_must_not_autoscale():
 
     from .test_ray_children import service
 
-    body = service(scheduling={"queue": "serving"}, replicas={"min": 1, "max": 4, "gpusPerReplica": 1})["spec"]
+    body = service(scheduling={"queue": "serving"}, replicas={"min": 1, "max": 4, "gpusPerReplica": 1},
+                   worker={"gpus": 1, "cpus": 8, "memory": "96Gi"})["spec"]
     with pytest.raises(InvalidSpec, match=r"^spec.replicas: with a Kueue queue .* set min = max \(now 1 and 4\)"):
         check_service(ServiceSpec.model_validate(body), OperatorConfig())
     fixed = ServiceSpec.model_validate({**body, "replicas": {"min": 2, "max": 2, "gpusPerReplica": 1}})

@@ -56,7 +56,7 @@ def owner_reference(owner: dict) -> dict[str, Any]:
 # Where each child kind that Kueue can hold says suspended. A child with the Kueue label is created
 # suspended, and after that its suspension is Kueue's (kube.apply keeps what Kueue set).
 SUSPEND_PATHS = {"TrainJob": ("spec", "suspend"), "PyTorchJob": ("spec", "runPolicy", "suspend"),
-                 "RayJob": ("spec", "suspend")}
+                 "RayJob": ("spec", "suspend"), "RayService": ("spec", "rayClusterConfig", "suspend")}
 
 
 # What a child's controller refuses to change once the child exists: Trainer v2.3's TrainJob (CEL `self ==

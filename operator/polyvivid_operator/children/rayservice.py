@@ -18,7 +18,7 @@ from polyvivid.api import PolyVividService
 from polyvivid.api.service import ServiceSpec
 from polyvivid.serve.config import TOKEN_ENV, serve_config_v2
 
-from .common import DEFAULT_IMAGE, child_metadata, child_name, labels, workload_env
+from .common import DEFAULT_IMAGE, child_metadata, child_name, labels, queued, workload_env
 from .raycluster import ray_cluster_spec
 
 SERVE_PORT = 8000
@@ -67,7 +67,9 @@ def render_rayservice(service: dict, image: str = DEFAULT_IMAGE, model_uri: str 
     cluster = ray_cluster_spec(image=spec.scheduling.image or image, env=env, worker=spec.worker,
                                scheduling=spec.scheduling, min_workers=low, max_workers=high,
                                pod_labels=labels(service, "serving"))
-    if spec.suspend:  # KubeRay deletes the cluster's pods; the job records stay in the store
+    # KubeRay deletes a suspended cluster's pods (the job records stay in the store); queued, it is created
+    # suspended for Kueue (its rayservice integration) to start
+    if spec.suspend or queued(spec.scheduling, spec.suspend):
         cluster["suspend"] = True
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService",
