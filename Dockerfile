@@ -31,6 +31,9 @@ EXPOSE 8080
 ENTRYPOINT ["polyvivid-operator"]
 
 FROM base AS runtime
+# KubeRay's readiness probe of RayService workers runs `bash -c "wget ... | grep success && ..."` (its exec
+# probe for the Serve proxy); the slim base has bash and grep, not wget
+RUN apt-get update && apt-get install -y --no-install-recommends wget && rm -rf /var/lib/apt/lists/*
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # torch first and alone, from the CUDA index; then the project's extras (they must not pull another torch)

@@ -54,3 +54,12 @@ def test_torch_is_overridable_and_only_in_the_runtime_image():
     assert "ARG TORCH_SPEC=torch==" in runtime and '"${TORCH_SPEC}"' in runtime
     assert "torch" not in " ".join(all_stages["operator"]).lower()
     assert "[model,curation,serve]" in runtime
+
+
+def test_the_runtime_image_has_what_kuberays_probes_run():
+    """KubeRay (1.5+, Ray >= 2.53) probes Ray pods over HTTP, except a RayService worker's readiness, which
+    is `bash -c "wget --tries 1 -T N -q -O- http://localhost:PORT/PATH | grep success && ..."` (the raylet
+    and the Serve proxy): the runtime image must have wget (bash and grep come with Debian)."""
+    runtime = " ".join(stages()["runtime"])
+    assert re.search(r"apt-get install -y --no-install-recommends [^&]*\bwget\b", runtime)
+    assert "slim-bookworm" in (ROOT / "Dockerfile").read_text()  # Debian: bash and grep are essential packages

@@ -127,3 +127,14 @@ def test_render_warns_of_what_is_valid_but_likely_a_mistake(tmp_path):
     assert lines[1].startswith("polyvivid: warning: PolyVividTraining/polyvivid: spec.network: infiniband with no "
                                "RDMA device in resources.extended")
     assert len(lines) == 2 and yaml.safe_load_all(result.stdout)  # the children are still printed
+
+
+def test_render_refuses_a_queued_autoscaled_service_and_a_pod_larger_than_a_node(tmp_path):
+    service = yaml.safe_load((EXAMPLES / "service.yaml").read_text())
+    service["spec"].update(model={"uri": "s3://polyvivid/models/final"}, scheduling={"queue": "serving"})
+    (tmp_path / "queued.yaml").write_text(yaml.safe_dump(service))
+    queued = polyvivid("render", str(tmp_path / "queued.yaml"))
+    assert queued.returncode == 2 and "with a Kueue queue (spec.scheduling.queue) a service has a fixed size" in queued.stderr
+    big = polyvivid("render", str(EXAMPLES / "service-720p.yaml"), str(EXAMPLES / "training.yaml"),
+                    str(EXAMPLES / "curation.yaml"), "--max-gpus-per-node", "4")
+    assert big.returncode == 2 and "8 GPUs per" in big.stderr and "the largest node has 4" in big.stderr
