@@ -95,8 +95,8 @@ def check_training(spec, config: OperatorConfig) -> None:
     if spec.backend == "trainjob":  # what Trainer v2.3's runtime patch cannot carry (children/trainjob.py)
         if spec.scheduling.priority_class:
             raise InvalidSpec("spec.scheduling.priorityClass: a TrainJob (Kubeflow Trainer v2.3) cannot set its "
-                              "pods' priority class; use Kueue's WorkloadPriorityClass (label "
-                              "kueue.x-k8s.io/priority-class), or spec.backend: pytorchjob")
+                              "pods' priority class; with Kueue use spec.scheduling.workloadPriorityClass, or "
+                              "spec.backend: pytorchjob")
         if spec.env_from:
             raise InvalidSpec("spec.envFrom: a TrainJob (Kubeflow Trainer v2.3) takes env only; name each variable in "
                               "spec.env with valueFrom (secretKeyRef / configMapKeyRef), or spec.backend: pytorchjob")

@@ -134,6 +134,9 @@ class SchedulingSpec(ApiModel):
     tolerations: list[Toleration] = Field(default_factory=list, description="tolerations of the pods")
     queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name): the "
                                                 "job is created suspended, and Kueue starts it when the quota allows")
+    workload_priority_class: str | None = Field(None, description="Kueue WorkloadPriorityClass (label "
+                                                "kueue.x-k8s.io/priority-class): the order in which Kueue admits and "
+                                                "preempts queued children; with queue")
     volcano_queue: str | None = Field(None, description="a Volcano queue, for PyTorchJobs on clusters that "
                                       "gang-schedule with Volcano (runPolicy.schedulingPolicy); not Kueue's")
     priority_class: str | None = Field(None, description="PriorityClass of the pods")

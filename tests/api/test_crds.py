@@ -103,7 +103,7 @@ ALL_EXAMPLES = sorted(p for p in (ROOT / "manifests" / "examples").rglob("*.yaml
 
 
 def test_every_example_is_checked():
-    assert len(ALL_EXAMPLES) == 9  # demo x2, curation, training, training-720p, service, tiny/ x3
+    assert len(ALL_EXAMPLES) == 10  # demo x2, curation, training, training-720p, service, service-720p, tiny/ x3
 
 
 @pytest.mark.parametrize("path", ALL_EXAMPLES, ids=[str(p.relative_to(ROOT / "manifests" / "examples")) for p in ALL_EXAMPLES])

@@ -129,7 +129,8 @@ def test_pod_essentials_pass_through_to_both_backends():
 def test_what_a_trainjob_cannot_carry_is_refused_with_the_way_out():
     config = OperatorConfig()
     check_training(PolyVividTraining.model_validate(training()).spec, config)
-    with pytest.raises(InvalidSpec, match=r"^spec.scheduling.priorityClass: .*or spec.backend: pytorchjob$"):
+    with pytest.raises(InvalidSpec, match=r"^spec.scheduling.priorityClass: .*workloadPriorityClass, or spec.backend: "
+                                          r"pytorchjob$"):
         check_training(PolyVividTraining.model_validate(training(scheduling={"priorityClass": "high"})).spec, config)
     with pytest.raises(InvalidSpec, match=r"^spec.metricsPort: .* use 9090 or 0"):
         check_training(PolyVividTraining.model_validate(training(metricsPort=9100)).spec, config)
@@ -163,13 +164,15 @@ def test_kueue_children_are_created_suspended_and_spec_suspend_holds_them_out_of
 
     from .test_ray_children import curation, service
 
-    queued = render_trainjob(training(scheduling={"queue": "research"}))
+    queued = render_trainjob(training(scheduling={"queue": "research", "workloadPriorityClass": "urgent"}))
     assert queued["spec"]["suspend"] is True and queued["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "research"
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"  # Kueue's admission order
     assert kueue_owned_paths(queued) == [("spec", "suspend")]
     plain = render_trainjob(training())
     assert plain["spec"]["suspend"] is False and kueue_owned_paths(plain) == []
-    held = render_trainjob(training(scheduling={"queue": "research"}, suspend=True))
+    held = render_trainjob(training(scheduling={"queue": "research", "workloadPriorityClass": "urgent"}, suspend=True))
     assert held["spec"]["suspend"] is True and KUEUE_QUEUE_LABEL not in held["metadata"]["labels"]
+    assert "kueue.x-k8s.io/priority-class" not in held["metadata"]["labels"]
     assert kueue_owned_paths(held) == []  # ours to set: true until spec.suspend is false again
     job = rayjob.render_rayjob(curation(scheduling={"queue": "data"}))
     assert job["spec"]["suspend"] is True and kueue_owned_paths(job) == [("spec", "suspend")]

@@ -15,6 +15,7 @@ DEFAULT_IMAGE = "ghcr.io/polyvivid/polyvivid:0.1.0"
 RUN_AS_USER = 1000  # the image's non-root user
 SPEC_DIR = "/etc/polyvivid"  # where the spec ConfigMap is mounted in the workload pods
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 
 # The longest name each child kind may have so that its controller accepts it and the names it derives
 # stay valid. KubeRay refuses RayJob and RayService names over 47 (the RayCluster it makes is NAME-xxxxx,
@@ -84,6 +85,8 @@ def child_metadata(owner: dict, name: str, component: str, scheduling: Schedulin
     meta = {"name": name, "labels": labels(owner, component), "ownerReferences": [owner_reference(owner)]}
     if queued(scheduling, suspended):  # Kueue admits labelled jobs (it resumes them, and suspends on preemption)
         meta["labels"][KUEUE_QUEUE_LABEL] = scheduling.queue
+        if scheduling.workload_priority_class:
+            meta["labels"][KUEUE_PRIORITY_LABEL] = scheduling.workload_priority_class
     if owner["metadata"].get("namespace"):
         meta["namespace"] = owner["metadata"]["namespace"]
     return meta

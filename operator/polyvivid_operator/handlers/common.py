@@ -25,7 +25,7 @@ from polyvivid.api.status import Condition, ResourceStatus
 from pydantic import ValidationError
 
 from .. import metrics
-from ..children.common import IMMUTABLE_PATHS, KUEUE_QUEUE_LABEL, MANAGED_BY, SUSPEND_PATHS, kueue_owned_paths
+from ..children.common import IMMUTABLE_PATHS, KUEUE_PRIORITY_LABEL, KUEUE_QUEUE_LABEL, MANAGED_BY, SUSPEND_PATHS, kueue_owned_paths
 from ..conditions import now, set_condition
 from ..config import SYNC_INTERVAL_S, OperatorConfig
 from ..kinds import KINDS, KindDescriptor, Output, dependents, phase_of
@@ -182,7 +182,7 @@ async def finished_without_children(ctx: Context, body: dict, spec, kind, childr
 async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
     for child in children:
-        outcome = await ctx.kube.apply(child, keep=kueue_owned_paths(child), own_labels=(KUEUE_QUEUE_LABEL,),
+        outcome = await ctx.kube.apply(child, keep=kueue_owned_paths(child), own_labels=(KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL),
                                        immutable=IMMUTABLE_PATHS.get(child["kind"], []))
         if outcome != "unchanged":
             ctx.logger.info(f"{child['kind']} {child['metadata']['name']} {outcome}")
