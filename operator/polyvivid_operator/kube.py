@@ -122,7 +122,7 @@ class Kube:
         current = await self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
         if current is not None and current["metadata"].get("deletionTimestamp"):
             return "replacing"  # still going: created again once it is gone
-        if current is not None and any(not contains(_at(current, p), _at(desired, p)) for p in immutable):
+        if current is not None and any(not contains(value_at(current, p), value_at(desired, p)) for p in immutable):
             await self.delete(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
             return "replacing"
         if current is not None and keep:
@@ -151,7 +151,8 @@ class Kube:
         return "updated"
 
 
-def _at(obj: Any, path: tuple[str, ...]) -> Any:
+def value_at(obj: Any, path: tuple[str, ...]) -> Any:
+    """obj[path[0]][path[1]]..., None where a step is missing."""
     for key in path:
         obj = obj.get(key) if isinstance(obj, dict) else None
     return obj

@@ -25,11 +25,12 @@ from polyvivid.api.status import Condition, ResourceStatus
 from pydantic import ValidationError
 
 from .. import metrics
-from ..children.common import IMMUTABLE_PATHS, KUEUE_PRIORITY_LABEL, KUEUE_QUEUE_LABEL, MANAGED_BY, SUSPEND_PATHS, kueue_owned_paths
+from ..children.common import (IMMUTABLE_PATHS, KUEUE_PRIORITY_LABEL, KUEUE_QUEUE_LABEL, MANAGED_BY, SUSPEND_PATHS,
+                               kueue_owned_paths)
 from ..conditions import now, set_condition
 from ..config import SYNC_INTERVAL_S, OperatorConfig
 from ..kinds import KINDS, KindDescriptor, Output, dependents, phase_of
-from ..kube import PLURALS, ApiError, Kube, contains
+from ..kube import PLURALS, ApiError, Kube, contains, value_at
 from ..validation import InvalidSpec, checked_spec, require_s3_uri
 
 READY = "Ready"
@@ -134,11 +135,8 @@ def held(spec, child: dict | None, phase: str, reason: str, message: str, stoppe
         return phase, reason, message
     if spec.suspend:
         return "Suspended", "Suspended", f"suspended (spec.suspend): {stopped}; set spec.suspend: false to resume"
-    path = SUSPEND_PATHS.get((child or {}).get("kind"), ())
-    node: Any = child
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    if spec.scheduling.queue and node is True:
+    path = SUSPEND_PATHS.get((child or {}).get("kind"))
+    if spec.scheduling.queue and path and value_at(child, path) is True:
         return phase, "QueuedInKueue", (f"queued in Kueue (LocalQueue {spec.scheduling.queue}): waiting for "
                                         "admission, which starts it")
     return phase, reason, message
@@ -182,7 +180,8 @@ async def finished_without_children(ctx: Context, body: dict, spec, kind, childr
 async def apply_children(ctx: Context, children: list[dict]) -> dict[str, str]:
     """Apply in order (ConfigMaps before the jobs that mount them); kind -> name of each child."""
     for child in children:
-        outcome = await ctx.kube.apply(child, keep=kueue_owned_paths(child), own_labels=(KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL),
+        outcome = await ctx.kube.apply(child, keep=kueue_owned_paths(child),
+                                       own_labels=(KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL),
                                        immutable=IMMUTABLE_PATHS.get(child["kind"], []))
         if outcome != "unchanged":
             ctx.logger.info(f"{child['kind']} {child['metadata']['name']} {outcome}")
