@@ -33,23 +33,24 @@ class ProgressReporter:
             self.state["history"] = previous.get("history", [])[-HISTORY:]
 
     def step(self, step: int, loss: float, step_seconds: float, samples: int, stage: str, resolution: str,
-             **fields) -> None:
-        """Record one optimizer step; history rows are [step, loss, stage, "low" | "full"]."""
+             samples_skipped: int = 0, **fields) -> None:
+        """Record one optimizer step; history rows are [step, loss, stage, "low" | "full"].
+        samples_skipped: this run's unreadable samples so far (the counter grows by the new ones)."""
         if not self.enabled:
             return
+        newly_skipped = samples_skipped - self.state.get("samples_skipped", 0)
         self.state["history"].append([step, round(loss, 6), stage, resolution])
         del self.state["history"][:-HISTORY]
         self.state.update(step=step, loss=loss, stage=stage, resolution=resolution, step_seconds=round(step_seconds, 4),
-                          samples_per_s=round(samples / max(step_seconds, 1e-9), 3), **fields)
+                          samples_per_s=round(samples / max(step_seconds, 1e-9), 3), samples_skipped=samples_skipped,
+                          **fields)
         if self.metrics:
             self.metrics["loss"].set(loss)
             self.metrics["step"].set(step)
             self.metrics["seconds"].set(step_seconds)
             self.metrics["samples"].set(self.state["samples_per_s"])
-
-    def skipped(self, count: int) -> None:
-        if self.metrics and count:
-            self.metrics["skipped"].inc(count)
+            if newly_skipped > 0:
+                self.metrics["skipped"].inc(newly_skipped)
 
     def write(self, **fields) -> None:
         """Write progress.json; a storage failure here is logged and retried, never fatal."""

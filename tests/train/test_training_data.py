@@ -260,3 +260,25 @@ def test_a_stage_without_samples_stops_the_run_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"polyvivid: error: stage interaction: no sample has 2..3 subjects and at least 5 frames in {data}")
+
+
+def test_the_skipped_samples_counter_grows_with_the_skips(tmp_path):
+    """polyvivid_train_samples_skipped counts what progress.json's samples_skipped says, once each."""
+    import urllib.request
+
+    from polyvivid.storage import open_store
+    from polyvivid.train.progress import ProgressReporter
+
+    from ..conftest import free_port
+
+    port = free_port()
+    reporter = ProgressReporter(open_store(str(tmp_path)), total_steps=3, metrics_port=port)
+    try:
+        for step, skipped in ((1, 0), (2, 2), (3, 3)):
+            reporter.step(step, 0.5, 0.1, 2, "identity", "full", samples_skipped=skipped)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+    finally:
+        reporter.close()
+    assert "polyvivid_train_samples_skipped_total 3.0" in metrics
+    assert reporter.state["samples_skipped"] == 3
