@@ -663,9 +663,9 @@ def serve(args) -> dict:
 
 
 def operator(args) -> dict:
-    """Seconds from creating a PolyVividTraining to its PyTorchJob existing, for 50 trainings created at
+    """Seconds from creating a PolyVividTraining to its TrainJob existing, for 50 trainings created at
     once, through the real operator (kopf in a thread) and the test API server over HTTP (tests/kube).
-    Baseline: the same 50 PyTorchJobs created directly by a client (the API's own cost)."""
+    Baseline: the same 50 TrainJobs created directly by a client (the API's own cost)."""
     import contextlib
     import os
     import tempfile
@@ -690,8 +690,8 @@ def operator(args) -> dict:
         direct = []
         for i in range(count):  # baseline: the child written straight to the API
             start = time.perf_counter()
-            kube.create({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-                         "metadata": {"name": f"direct-{i}"}, "spec": {"pytorchReplicaSpecs": {}}})
+            kube.create({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                         "metadata": {"name": f"direct-{i}"}, "spec": {"runtimeRef": {"name": "polyvivid-torch"}}})
             direct.append(time.perf_counter() - start)
         port = free_port()
         os.environ.update(KUBECONFIG=str(server.kubeconfig), POLYVIVID_METRICS_PORT=str(port))
@@ -710,7 +710,7 @@ def operator(args) -> dict:
                 created[f"{name}-train"] = time.perf_counter()
             while len(seen) < count and time.perf_counter() - started < 120:
                 now = time.perf_counter()
-                for job in kube.list("PyTorchJob"):
+                for job in kube.list("TrainJob"):
                     if job["metadata"]["name"] in created:
                         seen.setdefault(job["metadata"]["name"], now)
                 time.sleep(0.02)
