@@ -662,6 +662,69 @@ def serve(args) -> dict:
             "pass": bool(ratio <= 1.15 and split["max_latent_diff"] <= 1e-5 * split["latent_scale"])}
 
 
+def serve_memory(args) -> dict:
+    """One serving request with the memory defaults (InferenceMemory: VAE tiling, encoders offloaded), the whole
+    pipeline built with random weights in the preset's shapes directly on the device (a 13B transformer and
+    LLaVA 8B would take minutes and 84 GB of host memory in fp32): seconds per step without and with the step
+    cache (threshold --step-cache), its peak GPU memory against the service planner's estimate of the same
+    request, and how the steps were spent. The GPU check of the memory defaults (README "Serving at scale"):
+
+      python -m benchmarks.run --only serve_memory --preset hunyuan-13b --device cuda --dtype bfloat16 \\
+          --frames 129 --height 720 --width 1280 --steps 4
+
+    On CPU (the tiny preset, `make bench`-sized) it checks only that the line is produced."""
+    from polyvivid.api.service import InferenceMemory, ServiceSpec
+    from polyvivid.memory_plan import service_plan
+    from polyvivid.model.pipeline import PolyVividPipeline
+    from polyvivid.samples import draw_subject
+
+    preset = args.preset or "tiny"
+    device, dtype = args.device, getattr(torch, args.dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            pipe = PolyVividPipeline.from_preset(preset)
+    finally:
+        torch.set_default_dtype(previous)
+    pipe.place(device, **InferenceMemory().model_dump())
+    pipe.set_progress_bar_config(disable=True)
+    subjects = [(w, draw_subject(w)) for w in ("man", "guitar")]
+    cuda = device.startswith("cuda")
+
+    def request(threshold: float) -> tuple[float, int]:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        pipe("A man plays the guitar", subjects, num_frames=args.frames, height=args.height, width=args.width,
+             num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), step_cache_threshold=threshold)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, (torch.cuda.max_memory_allocated() if cuda else 0)
+
+    request(0.0)  # warm-up: kernels, the encoding cache filled as a first request would not have it
+    plain_s, peak = request(0.0)
+    cached_s, _ = request(args.step_cache)
+    skipped = pipe.last_step_cache.skipped if pipe.last_step_cache else 0
+    spec = ServiceSpec.model_validate({
+        "model": {"preset": preset}, "output": "s3://bench/jobs", "replicas": {"gpusPerReplica": 1},
+        "limits": {"maxFrames": args.frames, "maxHeight": args.height, "maxWidth": args.width, "maxSubjects": 2,
+                   "maxSteps": max(args.steps, 1)},
+        "defaults": {"numFrames": args.frames, "height": args.height, "width": args.width, "steps": args.steps}})
+    estimate = max(row.per_gpu_gib for row in service_plan(spec))
+    line = {"name": "serve_memory", "device": device, "preset": preset, "dtype": args.dtype,
+            "request": {"frames": args.frames, "height": args.height, "width": args.width, "steps": args.steps,
+                        "subjects": 2},
+            "seconds_per_request": {"no_cache": round(plain_s, 3), "step_cache": round(cached_s, 3)},
+            "step_cache": {"threshold": args.step_cache, "steps_skipped": skipped,
+                           "speedup": round(plain_s / cached_s, 3)},
+            "planner_estimate_gib": estimate}
+    if cuda:  # the planner's reserve (CUDA context, workspaces) is not in max_memory_allocated
+        line.update(peak_gib=round(peak / 2**30, 2), ratio={"estimate/peak": round(estimate / (peak / 2**30), 3)})
+    return line
+
+
 def operator(args) -> dict:
     """Seconds from creating a PolyVividTraining to its TrainJob existing, for 50 trainings created at
     once, through the real operator (kopf in a thread) and the test API server over HTTP (tests/kube).
@@ -727,7 +790,7 @@ def operator(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, context_parallel, "
+    parser.add_argument("--only", default=None, help="run only this benchmark (model_step, train_step, train_build, plan, context_parallel, serve_memory, "
                              "step_cache, encoding_cache, curate, clique, serve, operator)")
     parser.add_argument("--preset", default=None, help="transformer shape from a preset (default: the CPU shape)")
     parser.add_argument("--device", default="cpu")
@@ -740,6 +803,9 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--serve-repeats", type=int, default=3, help="timed HTTP requests in the serve bench")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps of the serve_memory request")
+    parser.add_argument("--step-cache", type=float, default=0.1, help="step cache threshold of the serve_memory "
+                        "request (0.1: the documented one)")
     parser.add_argument("--learn-check-model", default=os.environ.get("POLYVIVID_LEARN_CHECK_MODEL"),
                         help="a learn-check run's kept directory (`make learn-check` with --keep DIR; data seed 0): "
                              "the step_cache line then measures the identity change on its full model "
@@ -749,7 +815,7 @@ def main(argv=None) -> int:
     parser.add_argument("--operator-resources", type=int, default=50, help="trainings created in the operator bench")
     args = parser.parse_args(argv)
     benchmarks = {"model_step": model_step, "train_step": train_step, "train_build": train_build, "plan": plan,
-                  "context_parallel": context_parallel, "step_cache": step_cache,
+                  "context_parallel": context_parallel, "step_cache": step_cache, "serve_memory": serve_memory,
                   "encoding_cache": encoding_cache, "curate": curate,
                   "clique": clique,
                   "serve": serve, "operator": operator}

@@ -42,3 +42,19 @@ def test_train_build_line_has_every_figure():
     assert set(line["rss_over_held_bf16"]) == {"streamed", "whole_fp32"} and line["ratio"]["streamed/whole_fp32"] > 0
     assert line["held_bf16_gib"]["streamed"] <= line["held_bf16_gib"]["whole_fp32"] * 1.05
     assert line["target"] == 1.25 and isinstance(line["pass"], bool)
+
+
+def test_serve_memory_line_has_every_figure():
+    """The GPU check of the memory defaults, run here on the tiny preset on CPU: only the line's form (its
+    figures are for a lent GPU: peak_gib and estimate/peak appear only on CUDA)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "serve_memory", "--frames", "5", "--height", "64",
+         "--width", "64", "--steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+    assert line["name"] == "serve_memory" and line["preset"] == "tiny" and line["request"]["steps"] == 2
+    assert set(line["seconds_per_request"]) == {"no_cache", "step_cache"} and line["planner_estimate_gib"] > 0
+    assert line["step_cache"]["threshold"] == 0.1 and 0 <= line["step_cache"]["steps_skipped"] <= 1
+    assert "peak_gib" not in line  # CPU: no GPU peak to compare
