@@ -20,6 +20,7 @@ GPU (the paper's shapes: a 24x24 LLaVA grid, ~256 text tokens):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -51,6 +52,19 @@ def time_forward(model, inputs: dict, device: str, repeats: int) -> float:
             if i:  # the first call warms up kernels and allocators
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def built_on(device: str, dtype: torch.dtype):
+    """Modules made meanwhile are built directly in `dtype` on `device`: a 13B model built in fp32 on the host
+    first would need 52 GB before the cast."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def model_step(args) -> dict:
@@ -87,16 +101,9 @@ def model_step(args) -> dict:
                     subject_positions=interaction_positions(text_lengths, [(h, w)] * n)[1][None])
 
     def build(cls, **kwargs):
-        # Built directly in the target dtype on the target device: a 13B model built in fp32 first
-        # would need 52 GB before the cast.
         torch.manual_seed(0)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                return cls(**kwargs).eval()
-        finally:
-            torch.set_default_dtype(previous)
+        with built_on(device, dtype):
+            return cls(**kwargs).eval()
 
     video_grid = (latent_h // 2, latent_w // 2)
     variants = [
@@ -222,7 +229,6 @@ def train_step(args) -> dict:
 def _train_run_samples_per_s(nproc: int, precompute: bool = False) -> float:
     """Median samples/s over the steps of a short tiny `polyvivid train` (first step excluded), on raw clips or
     on precomputed inputs."""
-    import os
     import re
     import subprocess
     import tempfile
@@ -257,7 +263,6 @@ def train_build(args) -> dict:
     transformer at hunyuan-13b widths with few layers (benchmarks/build_memory.py): streamed (meta device,
     bf16, FSDP2 over 2 ranks, each reading its rows) against every rank building the whole model in fp32,
     as the trainer did before. Target: streamed <= 1.25 (the rest is the process: torch and the imports)."""
-    import os
     import shutil
     import subprocess
     import tempfile
@@ -323,7 +328,6 @@ def context_parallel(args) -> dict:
     a forward + backward split over the 2 ranks vs whole on one, the share of the split step spent in the
     forward's all-to-alls and output all-gather (the backward repeats them), and the gradient difference. CPU is not the target (no NVLink,
     gloo): the figures say what the exchanges cost here, and that the split step is exact."""
-    import os
     import subprocess
 
     from tests.conftest import free_port
@@ -524,7 +528,6 @@ def serve(args) -> dict:
       (0-255) and share of pixels changed, and the served mp4s' difference (the codec amplifies a pixel
       one level off into many);
     and jobs/s for 4 concurrent jobs with 1 and with 2 generator replicas sharing the machine's cores."""
-    import os
     import socket
     import tempfile
     import threading
@@ -679,14 +682,9 @@ def serve_memory(args) -> dict:
     from polyvivid.samples import draw_subject
 
     preset = args.preset or "tiny"
-    device, dtype = args.device, getattr(torch, args.dtype)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            pipe = PolyVividPipeline.from_preset(preset)
-    finally:
-        torch.set_default_dtype(previous)
+    device = args.device
+    with built_on(device, getattr(torch, args.dtype)):
+        pipe = PolyVividPipeline.from_preset(preset)
     pipe.place(device, **InferenceMemory().model_dump())
     pipe.set_progress_bar_config(disable=True)
     subjects = [(w, draw_subject(w)) for w in ("man", "guitar")]
@@ -729,8 +727,6 @@ def operator(args) -> dict:
     """Seconds from creating a PolyVividTraining to its TrainJob existing, for 50 trainings created at
     once, through the real operator (kopf in a thread) and the test API server over HTTP (tests/kube).
     Baseline: the same 50 TrainJobs created directly by a client (the API's own cost)."""
-    import contextlib
-    import os
     import tempfile
     from pathlib import Path
 

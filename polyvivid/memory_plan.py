@@ -26,7 +26,7 @@ The planner is validated against the measured peak of a training step at a small
 Serving (service_plan) holds no gradients: a replica process keeps the transformer's weights (bf16, fp8
 with memory.fp8Weights, two blocks with memory.groupOffload), the VAE, the encoders while a request is
 encoded (always, with memory.offloadEncoders false), and the working set of one block at a time
-(INFERENCE_ACTIVATIONS per local token, measured with live-storage tracking on the real modules), plus the
+(INFERENCE_ACTIVATIONS per local token, measured on the real modules), plus the
 step cache's residuals. Rank 0 decodes: VAE_DECODE_BYTES_PER_PIXEL untiled, at most VAE_TILED_DECODE with
 tiling, plus the decoded video itself.
 """
@@ -53,12 +53,24 @@ ENCODER_PARAMS = {"hunyuan-13b": {"llava": 8_355_272_704, "clip_text": 123_060_4
                   "tiny": {"llava": 73_824, "clip_text": 7_696, "vae": 790_531}}
 SHAPE_OF_REAL_WEIGHTS = "hunyuan-13b"  # a spec with hunyuanvideo/llava URIs: the published models' shapes
 TEXT_TOKENS = 256  # HunyuanVideo's text length (LLaVA prompt template, cropped)
-INFERENCE_ACTIVATIONS = 19.0  # D-units a token, no grad: one block's working set (tests/test_memory_plan.py)
+# D-units a token, no grad: one block's working set, measured as a no-grad forward's peak RSS
+# (benchmarks/step_memory.py inference; tests/serve/test_service_plan.py)
+INFERENCE_ACTIVATIONS = 19.0
 STEP_CACHE_RESIDUALS = 3.0  # D-units a video token: the cached first and rest residuals and this step's first
 # HunyuanVideo's VAE decode of 720p x 129 frames measured 37 GB untiled and 3.6 GB tiled (issue 22): the
 # untiled decode grows with the output's pixels, the tiled one is bounded by its tile
 VAE_DECODE_BYTES_PER_PIXEL = 37e9 / (129 * 720 * 1280)
 VAE_TILED_DECODE = 3.6e9
+
+
+def hidden_width(config: dict) -> int:
+    """D, the transformer's hidden width (heads x head dim): the unit the activation constants count in."""
+    return config.get("num_attention_heads", 24) * config.get("attention_head_dim", 128)
+
+
+def preset_name(spec) -> str:
+    """The preset whose shapes a spec's model has: its own, or the published weights' for URIs."""
+    return spec.model.preset or SHAPE_OF_REAL_WEIGHTS
 
 
 def _linear(i: int, o: int, bias: bool = True) -> int:
@@ -84,7 +96,7 @@ class ParameterCounts:
 
 def parameter_counts(config: dict) -> ParameterCounts:
     """Counts of a PolyVividTransformer with `config` (its constructor's arguments), in closed form."""
-    d = config.get("num_attention_heads", 24) * config.get("attention_head_dim", 128)
+    d = hidden_width(config)
     hd = config.get("attention_head_dim", 128)
     f = int(d * config.get("mlp_ratio", 4.0))
     text, pooled = config.get("text_embed_dim", 4096), config.get("pooled_projection_dim", 768)
@@ -166,7 +178,7 @@ class Estimate:
 
 def activation_bytes(config: dict, video: int, text: int, checkpointing: bool, element_bytes: int) -> float:
     """Activations of one sample's forward and backward, at their peak."""
-    d = config.get("num_attention_heads", 24) * config.get("attention_head_dim", 128)
+    d = hidden_width(config)
     layers, singles = config.get("num_layers", 20), config.get("num_single_layers", 40)
     injects = config.get("injection", "cross_attention") in ("cross_attention", "adapter")
     block = BLOCK_ACTIVATIONS
@@ -195,7 +207,7 @@ def estimate(setup: Setup, video: int, text: int) -> Estimate:
     activations = activation_bytes(setup.config, local_video, local_text, setup.activation_checkpointing,
                                    setup.compute_bytes)
     if cp > 1:
-        d = setup.config.get("num_attention_heads", 24) * setup.config.get("attention_head_dim", 128)
+        d = hidden_width(setup.config)
         activations += ULYSSES_TRANSIENT * (local_video + local_text) * d * setup.compute_bytes
     return Estimate(
         params=(frozen * setup.compute_bytes + counts.own_total * 4) / shards,
@@ -231,7 +243,7 @@ class PlanRow:
 def setup_for(spec: TrainingSpec, on_gpu: bool = True) -> Setup:
     from .model.presets import get_preset
 
-    preset = spec.model.preset or SHAPE_OF_REAL_WEIGHTS
+    preset = preset_name(spec)
     config = dict(get_preset(preset).transformer, **spec.model.transformer_options(), lora_rank=spec.lora.rank,
                   lora_alpha=spec.lora.alpha)
     bf16 = spec.precision == "bf16" and on_gpu
@@ -270,7 +282,7 @@ def parallelism_refusal(spec: TrainingSpec) -> str | None:
     from .model.presets import get_preset
 
     cp, world = spec.context_parallel, spec.resources.world_size
-    heads = get_preset(spec.model.preset or SHAPE_OF_REAL_WEIGHTS).transformer["num_attention_heads"]
+    heads = get_preset(preset_name(spec)).transformer["num_attention_heads"]
     if world % cp:
         return f"spec.contextParallel: contextParallel {cp} does not divide the {world} GPUs (nodes x gpusPerNode)"
     if heads % cp:
@@ -331,12 +343,12 @@ def service_plan(spec, gpu_memory_gib: float | None = None) -> list[ServicePlanR
     """Per GPU of a replica, for the largest request the service accepts (its limits), each phase."""
     from .model.presets import get_preset
 
-    preset = spec.model.preset or SHAPE_OF_REAL_WEIGHTS
+    preset = preset_name(spec)
     config = dict(get_preset(preset).transformer)
     memory, limits, n = spec.memory, spec.limits, spec.replicas.degree
     gpu = gpu_memory_gib if gpu_memory_gib is not None else spec.worker.gpu_memory_gib
     counts = parameter_counts(config)
-    d = config.get("num_attention_heads", 24) * config.get("attention_head_dim", 128)
+    d = hidden_width(config)
     weight_bytes = 1 if memory.fp8_weights else 2
     stored = counts.base + counts.interaction_copy + counts.own_total
     transformer = (2 * counts.largest_unit + counts.root_unit if memory.group_offload else stored) * weight_bytes
@@ -371,7 +383,7 @@ def sequence_parallel_refusal(spec) -> str | None:
     from .model.presets import get_preset
 
     n = spec.replicas.degree
-    heads = get_preset(spec.model.preset or SHAPE_OF_REAL_WEIGHTS).transformer["num_attention_heads"]
+    heads = get_preset(preset_name(spec)).transformer["num_attention_heads"]
     if heads % n:
         return f"spec.replicas: {n} processes a replica do not divide the model's {heads} attention heads"
     return None

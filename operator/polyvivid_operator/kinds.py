@@ -100,16 +100,11 @@ ChildrenBuilder = Callable[[dict, dict[str, Output], OperatorConfig], list[dict]
 def _training_children(owner: dict, resolved: dict[str, Output], config: OperatorConfig) -> list[dict]:
     dataset = resolved.get(CURATED_DATASET.kind)
     uri = dataset.uri if dataset else None
-    if _training_workload(owner)[1] == "PyTorchJob":
+    if training_pod.job_of(owner)[1] == "PyTorchJob":
         job = pytorchjob.render_pytorchjob(owner, config.image, uri, config.s3_endpoint)
     else:
         job = trainjob.render_trainjob(owner, config.image, uri, config.s3_endpoint, config.training_runtime)
     return [training_pod.render_configmap(owner), job]
-
-
-def _training_workload(owner: dict) -> tuple[str, str]:
-    backend = ((owner.get("spec") or {}).get("backend")) or "trainjob"
-    return ("kubeflow.org/v1", "PyTorchJob") if backend == "pytorchjob" else (trainjob.API_VERSION, "TrainJob")
 
 
 def _curation_children(owner: dict, resolved: dict[str, Output], config: OperatorConfig) -> list[dict]:
@@ -149,8 +144,8 @@ class KindDescriptor:
         return RESOURCES[self.kind].status
 
 
-TRAINING = KindDescriptor("PolyVividTraining", ((trainjob.API_VERSION, "TrainJob"), ("kubeflow.org/v1", "PyTorchJob")),
-                          _training_children, (CURATED_DATASET,), _training_workload)
+TRAINING = KindDescriptor("PolyVividTraining", tuple(training_pod.JOBS.values()), _training_children,
+                          (CURATED_DATASET,), training_pod.job_of)
 CURATION = KindDescriptor("CurationJob", (("ray.io/v1", "RayJob"),), _curation_children)
 SERVICE = KindDescriptor("PolyVividService", (("ray.io/v1", "RayService"),), _service_children, (TRAINED_WEIGHTS,))
 KINDS: dict[str, KindDescriptor] = {d.kind: d for d in (TRAINING, CURATION, SERVICE)}

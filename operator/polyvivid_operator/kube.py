@@ -162,9 +162,9 @@ def _with_current(desired: dict, current: dict, paths: list[tuple[str, ...]]) ->
     """`desired` with the value `current` has at each path (absent there: absent here)."""
     desired = copy.deepcopy(desired)
     for path in paths:
-        node, have = desired, current
+        node, have = desired, value_at(current, path[:-1])
         for key in path[:-1]:
-            node, have = node.setdefault(key, {}), (have or {}).get(key)
+            node = node.setdefault(key, {})
         if isinstance(have, dict) and path[-1] in have:
             node[path[-1]] = have[path[-1]]
         else:

@@ -58,6 +58,14 @@ class Replicas(ApiModel):
             return self.sequence_parallel
         return int(self.gpus_per_replica) if self.gpus_per_replica >= 1 else 1
 
+    @property
+    def cpus_per_process(self) -> float:
+        return self.cpus_per_replica / self.degree
+
+    @property
+    def gpus_per_process(self) -> float:
+        return self.gpus_per_replica / self.degree
+
 
 class Limits(ApiModel):
     max_subjects: int = Field(4, ge=1, le=8)

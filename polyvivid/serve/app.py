@@ -546,12 +546,12 @@ def generator_options(spec: ServiceSpec) -> dict[str, Any]:
     """Serve deployment options of the generator: resources per replica (a placement group of one bundle per
     process when it runs requests sequence-parallel), and a fixed count or autoscaling bounds (Serve scales
     on queued + running requests per replica)."""
-    r, n = spec.replicas, spec.replicas.degree
-    each = {"num_cpus": r.cpus_per_replica / n, "num_gpus": r.gpus_per_replica / n}  # one process's share
-    options: dict[str, Any] = {"ray_actor_options": each, "max_ongoing_requests": r.max_ongoing_requests}
-    if n > 1:  # the replica's N processes, one bundle each, on one node (sequence_parallel.SequenceGroup)
-        bundle = {"CPU": each["num_cpus"], **({"GPU": each["num_gpus"]} if each["num_gpus"] else {})}
-        options.update(placement_group_bundles=[bundle] * n, placement_group_strategy="STRICT_PACK")
+    r = spec.replicas
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": r.cpus_per_process, "num_gpus": r.gpus_per_process},
+                               "max_ongoing_requests": r.max_ongoing_requests}
+    if r.degree > 1:  # the replica's N processes, one bundle each, on one node (sequence_parallel.SequenceGroup)
+        bundle = {"CPU": r.cpus_per_process, **({"GPU": r.gpus_per_process} if r.gpus_per_process else {})}
+        options.update(placement_group_bundles=[bundle] * r.degree, placement_group_strategy="STRICT_PACK")
     if r.min == r.max:
         options["num_replicas"] = r.max
     else:

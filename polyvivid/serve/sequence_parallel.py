@@ -55,7 +55,7 @@ def load_replica_pipeline(spec: ServiceSpec, model_ref: str):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if device == "cpu":  # Ray sets no thread limit; take what this process reserved
-        torch.set_num_threads(max(1, int(spec.replicas.cpus_per_replica / spec.replicas.degree)))
+        torch.set_num_threads(max(1, int(spec.replicas.cpus_per_process)))
     pipe = load_pipeline(model_ref, torch_dtype=dtype, base=spec.model.base_model)
     pipe.place(device, **spec.memory.model_dump())
     pipe.set_progress_bar_config(disable=True)  # progress goes to the job record instead
@@ -144,7 +144,6 @@ class SequenceGroup:
     """Rank 0's side of a sequence-parallel replica: its workers, and the group they share."""
 
     def __init__(self, args: dict, spec: ServiceSpec, pipe, device: str):
-        import torch.distributed as dist
         from ray.util import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -155,7 +154,7 @@ class SequenceGroup:
             raise RuntimeError("a sequence-parallel replica needs its placement group (generator_options)")
         self.workers = [
             SequenceWorker.options(
-                num_cpus=replicas.cpus_per_replica / n, num_gpus=replicas.gpus_per_replica / n,
+                num_cpus=replicas.cpus_per_process, num_gpus=replicas.gpus_per_process,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
             ).remote(args, rank)
             for rank in range(1, n)]

@@ -47,7 +47,7 @@ def render_pytorchjob(training: dict, image: str = DEFAULT_IMAGE, dataset_uri: s
         run_policy["schedulingPolicy"] = {"minAvailable": res.nodes, "queue": sched.volcano_queue,
                                           **({"priorityClass": sched.priority_class} if sched.priority_class else {})}
     return {
-        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "apiVersion": training_pod.JOBS["pytorchjob"][0], "kind": "PyTorchJob",
         "metadata": child_metadata(training, training_pod.names(training)["PyTorchJob"], "training", sched,
                                    spec.suspend),
         "spec": {

@@ -23,7 +23,8 @@ from .common import SPEC_DIR, child_name, pod_placement, pod_security_context, s
 
 SPEC_FILE = "training.yaml"
 CACHE_DIR = "/var/cache/polyvivid"  # POLYVIVID_CACHE: downloaded base weights (polyvivid/storage.py materialize_dir)
-JOB_KINDS = {"trainjob": "TrainJob", "pytorchjob": "PyTorchJob"}
+# spec.backend -> the apiVersion and kind of the training's job (trainjob.py, pytorchjob.py)
+JOBS = {"trainjob": ("trainer.kubeflow.org/v1alpha1", "TrainJob"), "pytorchjob": ("kubeflow.org/v1", "PyTorchJob")}
 
 # spec.network -> NCCL's env (a name in spec.env replaces one here). Bootstrap and the TCP fallback use the
 # pod network (eth0); InfiniBand and RoCE need the RDMA device plugin's resource (spec.resources.extended) and
@@ -40,9 +41,14 @@ NCCL_PRESETS: dict[str, dict[str, str]] = {
 COMMON_NCCL = {"NCCL_DEBUG": "WARN"}
 
 
+def job_of(training: dict) -> tuple[str, str]:
+    """The apiVersion and kind of a training's job (its spec.backend's)."""
+    return JOBS[PolyVividTraining.model_validate(training).spec.backend]
+
+
 def names(training: dict) -> dict[str, str]:
     """The children's names, by kind: the training job (its backend's kind) and the spec ConfigMap."""
-    kind = JOB_KINDS[PolyVividTraining.model_validate(training).spec.backend]
+    kind = job_of(training)[1]
     return {kind: child_name(training, "-train", kind), "ConfigMap": child_name(training, "-train-spec", "ConfigMap")}
 
 

@@ -19,7 +19,7 @@ from polyvivid.api import PolyVividTraining
 from . import training_pod
 from .common import DEFAULT_IMAGE, child_metadata, labels, queued, security_context
 
-API_VERSION = "trainer.kubeflow.org/v1alpha1"
+API_VERSION = training_pod.JOBS["trainjob"][0]
 DEFAULT_RUNTIME = "polyvivid-torch"  # the chart's ClusterTrainingRuntime
 RUNTIME_JOB = RUNTIME_CONTAINER = "node"  # its replicated job and container, as Trainer's torch runtimes name them
 RUNTIME_METRICS_PORT = 9090  # the port the runtime's container declares
